@@ -1,0 +1,123 @@
+"""Evaluate bash configuration files (dkms.conf, framework.conf) the way dkms's safe_source does:
+each file is sourced in a subshell, only whitelisted variables come back (every index, CR
+stripped), and they are re-read by the parent shell, so later files replace only the indices they
+set. All of it runs in one separate bash process: nothing a file defines reaches our process."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import run
+
+# $1: whitelisted names; $2: names whose presence is reported after each file (deprecations);
+# $3..: files. Output records, NUL-separated: "D" file name value | "V" name index value.
+_EVAL_SCRIPT = r"""
+__vars=$1; __deprecated=$2; shift 2
+CR=$'\r'
+for __f in "$@"; do
+    [[ -e $__f ]] || continue
+    __tmp=$(mktemp) || exit 90
+    ( exec >"$__tmp"
+      . "$__f" >/dev/null
+      for _export_env in $__vars; do
+          for _i in $(eval echo \${!"${_export_env}"[@]}); do
+              eval echo '$_export_env[$_i]=\"${'"${_export_env}"'[$_i]%$CR}\"'
+          done
+      done
+      for directive in $(set | grep ^DKMS_DIRECTIVE | cut -d = -f 2-3); do
+          directive_name=${directive%%=*}
+          directive_value=${directive#*=}
+          echo "$directive_name=\"$directive_value\""
+      done
+    )
+    . "$__tmp"
+    rm -f "$__tmp"
+    for __d in $__deprecated; do
+        eval "__n=\${#${__d}[@]}"
+        if (( __n )); then
+            eval "__dv=\${${__d}}"
+            printf 'D\0%s\0%s\0%s\0' "$__f" "$__d" "$__dv"
+        fi
+    done
+done
+for __v in $__vars; do
+    eval "__idx=(\"\${!${__v}[@]}\")"
+    for __i in "${__idx[@]}"; do
+        eval "__val=\${${__v}[__i]}"
+        printf 'V\0%s\0%s\0%s\0' "$__v" "$__i" "$__val"
+    done
+done
+"""
+
+
+@dataclass(frozen=True)
+class ShellValues:
+    """Whitelisted variables as sparse arrays: name -> {index: value}."""
+
+    arrays: Mapping[str, Mapping[int, str]]
+    #: (file, name, scalar value) for every deprecated name set after each file was sourced
+    deprecations: Sequence[tuple[str, str, str]] = ()
+
+    def get(self, name: str, index: int = 0) -> str:
+        return self.arrays.get(name, {}).get(index, "")
+
+    def array(self, name: str) -> Mapping[int, str]:
+        return self.arrays.get(name, {})
+
+    def has(self, name: str) -> bool:
+        return bool(self.arrays.get(name))
+
+
+class ShellEvalError(Exception):
+    pass
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="surrogateescape")
+
+
+def evaluate(
+    files: Sequence[Path],
+    variables: Sequence[str],
+    *,
+    scope: Mapping[str, str],
+    deprecated: Sequence[str] = (),
+    base_env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> ShellValues:
+    """Source `files` in order (missing ones skipped) with `scope` visible as variables."""
+    env = dict(base_env if base_env is not None else os.environ)
+    for name in variables:
+        env.pop(name, None)
+    env.update(scope)
+    rc, out, _ = run.run_bash_bytes(
+        _EVAL_SCRIPT,
+        " ".join(variables),
+        " ".join(deprecated),
+        *[os.fspath(f) for f in files],
+        env=env,
+        cwd=cwd,
+    )
+    if rc == 90:
+        raise ShellEvalError("Unable to make temporary file.")
+    fields = out.split(b"\0")
+    arrays: dict[str, dict[int, str]] = {}
+    deps: list[tuple[str, str, str]] = []
+    i = 0
+    while i + 3 < len(fields):
+        kind = fields[i]
+        if kind == b"V":
+            name, idx, value = _decode(fields[i + 1]), fields[i + 2], _decode(fields[i + 3])
+            try:
+                arrays.setdefault(name, {})[int(idx)] = value
+            except ValueError:
+                pass
+        elif kind == b"D":
+            deps.append((_decode(fields[i + 1]), _decode(fields[i + 2]), _decode(fields[i + 3])))
+        else:
+            break
+        i += 4
+    return ShellValues(arrays=arrays, deprecations=tuple(deps))
