@@ -10,8 +10,8 @@ from .framework import load_signing
 from .sign import prepare_mok
 
 if TYPE_CHECKING:
-    from .actions import Session
     from .cli import Args
+    from .status import Session
 
 
 def dispatch(session: Session, action: str, args: Args, pairs: Sequence[tuple[str, str]]) -> int:

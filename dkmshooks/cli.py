@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import DKMS_RELEASE_STRING, run
-from .actions import Options, Session, check_module_args, check_name, require_root
 from .console import Console
 from .errors import DkmsError, SilentExit
 from .framework import Settings, load_post_transaction, load_settings
 from .layout import Layout
+from .session import Options, check_module_args, check_name, require_root
+from .status import Session
 from .tree import Tree
 from .versions import natural_key
 

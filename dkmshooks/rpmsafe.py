@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from . import run
 
 if TYPE_CHECKING:
-    from .actions import Session
+    from .session import SessionBase as Session
 
 
 def _grandparent() -> tuple[str, str]:

@@ -13,7 +13,8 @@ from .framework import load_signing
 from .layout import Layout
 
 if TYPE_CHECKING:
-    from .actions import Session, Signing
+    from .session import SessionBase as Session
+    from .session import Signing
 
 
 def default_sign_file(layout: Layout, distro: str, kver: str) -> str:
@@ -133,7 +134,7 @@ def generate_mok(key: Path, cert: Path) -> None:
 
 
 def prepare_signing(session: Session, kver: str) -> Signing:
-    from .actions import Signing
+    from .session import Signing
 
     console = session.console
     layout = session.layout

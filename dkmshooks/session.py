@@ -1,0 +1,397 @@
+"""One dkms invocation: settings, options, facts, conf reading, child commands, depmod."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import random
+import re
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import run
+from .console import Console
+from .dkmsconf import ConfContext, DkmsConf, read_conf
+from .errors import (
+    BrokenModuleError,
+    DkmsError,
+    NotAddedError,
+    ScriptFailedError,
+    UsageError,
+)
+from .framework import Settings
+from .kernel import (
+    KernelFacts,
+    kernel_facts,
+    module_compressed_suffix,
+)
+from .layout import Layout
+from .tree import Tree
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the command line asked for, beyond module/version/kernels."""
+
+    force: bool = False
+    force_version_override: bool = False
+    verbose: bool = False
+    no_depmod: bool = False
+    conf: Path | None = None
+    kernel_source_dir: Path | None = None
+    kernel_config: Path | None = None
+    directives: tuple[tuple[str, str], ...] = ()
+    rpm_safe_upgrade: bool = False
+    modprobe_on_install: bool = False
+    symlink_modules: bool = False
+
+
+@dataclass
+class Signing:
+    enabled: bool = False
+    sign_file: str = ""
+    hash: str = ""
+    key: str = ""
+    cert: str = ""
+
+
+@dataclass
+class SessionBase:
+    """One dkms invocation: settings, options, and the little state dkms keeps between steps."""
+
+    settings: Settings
+    options: Options
+    console: Console
+    environ: Mapping[str, str]
+    prepared_kernel: str = "none"
+    signing: Signing = field(default_factory=Signing)
+    _suffix_cache: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def layout(self) -> Layout:
+        return self.settings.layout
+
+    @property
+    def tree(self) -> Tree:
+        return Tree(self.layout)
+
+    @property
+    def parallel_jobs(self) -> str:
+        jobs = self.settings.parallel_jobs
+        return "" if jobs == "0" else jobs
+
+    # -- facts ---------------------------------------------------------------------------------
+
+    def facts(self, kver: str) -> KernelFacts:
+        return kernel_facts(
+            self.layout,
+            kver,
+            source_dir=self.options.kernel_source_dir,
+            config=self.options.kernel_config,
+        )
+
+    def suffix(self, kver: str) -> str:
+        if kver not in self._suffix_cache:
+            self._suffix_cache[kver] = module_compressed_suffix(self.layout, kver)
+        return self._suffix_cache[kver]
+
+    def forget_suffix(self, kver: str) -> None:
+        self._suffix_cache.pop(kver, None)
+
+    def conf_context(self, kver: str) -> ConfContext:
+        facts = self.facts(kver)
+        return ConfContext(
+            etc_dkms=self.layout.etc_dkms,
+            distro=self.settings.distro,
+            addon_modules_dir=self.settings.addon_modules_dir,
+            dkms_tree=self.layout.dkms_tree,
+            source_tree=self.layout.source_tree,
+            install_tree=self.layout.install_tree,
+            tmp_location=self.settings.tmp_location,
+            parallel_jobs=self.parallel_jobs,
+            kernel_source_dir=facts.source_dir,
+            kernel_config=facts.config,
+            directives=self.options.directives,
+            verbose=self.options.verbose or self.settings.verbose,
+            force=self.options.force,
+            environ=self.environ,
+        )
+
+    def read_conf(
+        self,
+        module: str,
+        version: str,
+        kver: str,
+        arch: str,
+        path: Path | None = None,
+        *,
+        strict: bool = False,
+    ) -> DkmsConf:
+        """read_conf(_strict)_or_die: `path` is dkms's explicit third argument."""
+        conf_path = (
+            path or self.options.conf or self.layout.source_link(module, version) / ("dkms.conf")
+        )
+        shown = str(path) if path is not None else str(self.options.conf or "")
+        return read_conf(
+            conf_path,
+            module,
+            version,
+            kver,
+            arch,
+            self.conf_context(kver),
+            self.console,
+            strict=strict,
+            shown_path=shown,
+        )
+
+    # -- output helpers ------------------------------------------------------------------------
+
+    @property
+    def verbose(self) -> bool:
+        return self.options.verbose or self.settings.verbose
+
+    def _ticker(self, package_name: str) -> object:
+        if self.verbose or fnmatch.fnmatchcase(package_name, "dkms*_test"):
+            return None
+        return lambda: self.console.write(".")
+
+    def invoke(
+        self,
+        command: str,
+        description: str,
+        *,
+        logfile: Path | None,
+        package_name: str,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> int:
+        """dkms's invoke_command in background mode."""
+        if self.verbose:
+            self.console.echo(command)
+        else:
+            self.console.write(f"{description}...")
+        tick = self._ticker(package_name)
+        if logfile is not None:
+            rc = run.run_logged(
+                command,
+                logfile,
+                description=description,
+                cwd=cwd,
+                env=env,
+                tick=tick,  # type: ignore[arg-type]
+            )
+        else:
+            rc = run.run_quiet_status(command, cwd=cwd, env=env, tick=tick)  # type: ignore[arg-type]
+        if rc > 0:
+            self.console.write(f"(bad exit status: {rc})")
+            if not self.verbose:
+                self.console.write(f"\nFailed command:\n{command}\n")
+        else:
+            self.console.write(" done.\n")
+        return rc
+
+    def invoke_fn(self, description: str, fn: object, package_name: str) -> int:
+        """invoke_command for work we do ourselves (depmod): `desc...` then ` done.`"""
+        if not self.verbose:
+            self.console.write(f"{description}...")
+        try:
+            rc = int(fn())  # type: ignore[operator]
+        except DkmsError:
+            rc = 1
+        if rc > 0:
+            self.console.write(f"(bad exit status: {rc})")
+            if not self.verbose:
+                self.console.write(f"\nFailed command:\n{description}\n")
+        else:
+            self.console.write(" done.\n")
+        return rc
+
+    def script_env(self, module: str, version: str, kver: str, arch: str) -> dict[str, str]:
+        env = {
+            k: v
+            for k, v in self.environ.items()
+            if k not in ("CC", "CXX", "CFLAGS", "CXXFLAGS", "LDFLAGS")
+        }
+        facts = self.facts(kver) if kver else None
+        env.update(
+            module=module,
+            module_version=version,
+            kernelver=kver,
+            arch=arch,
+            dkms_tree=str(self.layout.dkms_tree),
+            source_tree=str(self.layout.source_tree),
+            install_tree=str(self.layout.install_tree),
+            parallel_jobs=self.parallel_jobs,
+        )
+        if facts is not None:
+            env["kernel_source_dir"] = str(facts.source_dir)
+            env["kernel_config"] = str(facts.config)
+        return env
+
+    # -- scripts -------------------------------------------------------------------------------
+
+    def run_script(
+        self,
+        kind: str,
+        value: str,
+        module: str,
+        version: str,
+        *,
+        kver: str = "",
+        arch: str = "",
+        logfile: Path | None = None,
+        package_name: str = "",
+    ) -> int:
+        """run_build_script: pre/post_build run in build/ with a log; others in source/."""
+        if not value:
+            return 0
+        script_type = "build" if kind in ("pre_build", "post_build") else "source"
+        base = self.layout.version_dir(module, version) / script_type
+        command = f"{base}/{value}"
+        executable = command.split(" ", 1)[0]
+        env = self.script_env(module, version, kver, arch)
+        if not (os.path.isfile(executable) and os.access(executable, os.X_OK)):
+            self.console.echo("")
+            self.console.warn(f"The {kind} script is not executable.")
+            return 0
+        if logfile is not None:
+            rc = self.invoke(
+                f"cd {base}/ && {command}",
+                f"Running the {kind} script",
+                logfile=logfile,
+                package_name=package_name,
+                env=env,
+            )
+            if rc != 0:
+                self.console.echo(f"Consult {logfile} for more information.")
+                raise ScriptFailedError(code=rc)
+            return 0
+        self.console.echo(f"Running the {kind} script:")
+        proc = run.run(command.split(), cwd=base, env=env, check=False)
+        return proc.returncode
+
+    # -- depmod --------------------------------------------------------------------------------
+
+    def depmod_base(self) -> list[str]:
+        tree = self.layout.install_tree
+        if tree == Path("/lib/modules") or tree == Path("/usr/lib/modules"):
+            return []
+        if tree.name == "modules" and tree.parent.name == "lib":
+            base = tree.parent.parent
+            if base.name == "usr":
+                base = base.parent
+            return ["-b", str(base)]
+        return []
+
+    def depmod(self, kver: str) -> int:
+        if self.options.no_depmod:
+            return 0
+        mdir = self.layout.modules_dir(kver)
+        modules_dep = mdir / "modules.dep"
+        if not modules_dep.is_file():
+            return 0
+        argv = ["depmod", *self.depmod_base(), "-a", kver]
+        system_map = self.layout.boot_system_map(kver)
+        if system_map.is_file():
+            argv += ["-F", str(system_map)]
+        proc = run.run(argv, check=False, quiet=not self.verbose)
+        if modules_dep.is_file() and modules_dep.stat().st_size == 0:
+            for pattern in (
+                "modules.alias",
+                "modules.dep",
+                "modules.devname",
+                "modules.softdep",
+                "modules.symbols",
+                "modules.weakdep",
+                "modules.*.bin",
+            ):
+                for path in mdir.glob(pattern):
+                    path.unlink(missing_ok=True)
+            try:
+                mdir.rmdir()
+            except OSError:
+                pass
+        return proc.returncode
+
+    # -- checks --------------------------------------------------------------------------------
+
+    def module_is_broken_and_die(self, module: str, version: str) -> None:
+        if self.tree.is_broken(module, version):
+            raise BrokenModuleError(
+                f"{module}/{version} is broken!",
+                "Missing the source directory or the symbolic link pointing to it.",
+                "Manual intervention is required!",
+            )
+
+    def module_is_added_or_die(self, module: str, version: str) -> None:
+        if not self.tree.is_added(module, version):
+            raise NotAddedError(
+                f"The module/version combo: {module}/{version} is not located in the DKMS tree."
+            )
+
+
+def _null_console() -> Console:
+    import io
+
+    return Console(out=io.StringIO(), err=io.StringIO())
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise DkmsError("You must be root to use this command.", code=1)
+
+
+def check_module_args(action: str, module: str, version: str) -> None:
+    if module and version:
+        return
+    raise UsageError(
+        "Arguments <module> and <module-version> are not specified.",
+        f"Usage: {action} <module>/<module-version> or",
+        f"       {action} -m <module>/<module-version> or",
+        f"       {action} -m <module> -v <module-version>",
+    )
+
+
+_BAD_NAME = re.compile(r"[/\n\0]|^\.\.?$")
+
+
+def check_name(module: str, version: str) -> None:
+    """dkms splits on the first `/` and would then build paths from the rest; a name that is
+    not one path component would leave the tree. Refuse it before anything touches disk."""
+    for what, value in (("module name", module), ("module version", version)):
+        if _BAD_NAME.search(value):
+            raise UsageError(
+                f"Invalid {what} {value!r}: it must not contain '/', a newline or be '.' or '..'."
+            )
+
+
+def _is_obsolete(kver: str, obsolete_by: str, force: bool) -> bool:
+    from .versions import ver_key
+
+    if force:
+        return False
+    obs = obsolete_by.split("-")
+    mine = kver.split("-")
+    obs0, mine0 = ver_key(obs[0]), ver_key(mine[0])
+    if obs0 == mine0:
+        if len(obs) < 2 or not obs[1]:
+            return True
+        mine1 = ver_key(mine[1]) if len(mine) > 1 else ""
+        obs1 = ver_key(obs[1])
+        return mine1.encode() >= obs1.encode()
+    return mine0.encode() > obs0.encode()
+
+
+def _mkdtemp6(parent: Path, prefix: str) -> Path:
+    alphabet = string.ascii_letters + string.digits
+    for _ in range(100):
+        name = prefix + "".join(random.choice(alphabet) for _ in range(6))
+        path = parent / name
+        try:
+            path.mkdir(mode=0o700)
+            return path
+        except FileExistsError:
+            continue
+    raise DkmsError("Unable to make temporary directory.", code=1)
