@@ -15,6 +15,10 @@ if TYPE_CHECKING:
 
 
 def dispatch(session: Session, action: str, args: Args, pairs: Sequence[tuple[str, str]]) -> int:
+    if action in ("mktarball", "ldtarball"):
+        from .tarball import dispatch_tarball
+
+        return dispatch_tarball(session, action, args, pairs)
     if action == "generate_mok":
         cfg = load_signing(session.layout, session.environ, "")
         ok, _, _ = prepare_mok(

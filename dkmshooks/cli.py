@@ -448,11 +448,9 @@ def dkms(argv: Sequence[str], environ: Mapping[str, str], prog: str = "dkms") ->
         kver0, arch0 = pairs[0] if pairs else (os.uname().release, os.uname().machine)
         if not module and not version:
             if args.archive:
-                raise DkmsError(
-                    "Loading tarballs is not supported yet by this dkms.",
-                    "Unpack the tarball and add its source directory instead.",
-                    code=7,
-                )
+                from .tarball import load_tarball_for_add
+
+                module, version = load_tarball_for_add(session, Path(args.archive), kver0, arch0)
             if args.try_source_tree:
                 module, version = session.add_source_tree(Path(args.try_source_tree), kver0, arch0)
         if module or version:
