@@ -20,5 +20,5 @@ def dispatch_tarball(
 
 
 def load_tarball_for_add(session: Session, archive: Path, kver: str, arch: str) -> tuple[str, str]:
-    """`dkms add x.tar.gz` / `dkms ldtarball`: unpack, register sources; returns (module, version)."""
+    """`dkms add x.tar.gz` / `dkms ldtarball`: unpack and register; returns (module, version)."""
     raise DkmsError("Loading tarballs is not available in this version of dkmshooks yet.", code=7)
