@@ -415,6 +415,38 @@ def dkms(argv: Sequence[str], environ: Mapping[str, str], prog: str = "dkms") ->
     )
     session = Session(settings=settings, options=options, console=console, environ=environ)
     pairs = _kernel_arch_list(session, args, action)
+    if action in MUTATING_ACTIONS and os.geteuid() == 0:
+        from .console import note
+        from .locking import TreeLock
+
+        with TreeLock(session.layout.lock_path, say=note):
+            return _dispatch(session, args, action, pairs, prog)
+    return _dispatch(session, args, action, pairs, prog)
+
+
+MUTATING_ACTIONS = frozenset(
+    [
+        "add",
+        "build",
+        "install",
+        "uninstall",
+        "unbuild",
+        "remove",
+        "autoinstall",
+        "match",
+        "ldtarball",
+        "kernel_preinst",
+        "kernel_postinst",
+        "kernel_prerm",
+    ]
+)
+
+
+def _dispatch(
+    session: Session, args: Args, action: str, pairs: list[tuple[str, str]], prog: str
+) -> int:
+    console = session.console
+    settings = session.settings
     module, version = args.module, args.version
 
     if action in ("remove", "unbuild", "uninstall"):

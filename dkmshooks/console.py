@@ -9,6 +9,9 @@ from typing import TextIO
 class Console:
     """Writes go straight to the streams and are flushed, so interleaving with children matches."""
 
+    #: True when output is recorded for later (parallel tasks): children's output is captured too
+    captures = False
+
     def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
         self.out = out if out is not None else sys.stdout
         self.err = err if err is not None else sys.stderr

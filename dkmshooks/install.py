@@ -324,7 +324,10 @@ class Installer(Builder):
         else:
             self.console.echo("This module version was INACTIVE for this kernel.")
         self.run_script("post_remove", conf.post_remove, module, version, kver=kver, arch=arch)
-        self.invoke_fn("Running depmod", lambda: self.depmod(kver), conf.package_name)
+        if self.options.delayed_depmod:
+            self.depmod_pending = True
+        else:
+            self.invoke_fn("Running depmod", lambda: self.depmod(kver), conf.package_name)
         orig_k = layout.dkms_tree / module / "original_module" / kver
         if was_active and backup_dir.is_dir():
             self.console.echo(

@@ -46,6 +46,7 @@ class Options:
     rpm_safe_upgrade: bool = False
     modprobe_on_install: bool = False
     symlink_modules: bool = False
+    delayed_depmod: bool = False
 
 
 @dataclass
@@ -66,6 +67,8 @@ class SessionBase:
     console: Console
     environ: Mapping[str, str]
     prepared_kernel: str = "none"
+    depmod_pending: bool = False
+    installed_count: int = 0
     signing: Signing = field(default_factory=Signing)
     _suffix_cache: dict[str, str] = field(default_factory=dict)
 
@@ -269,7 +272,13 @@ class SessionBase:
                 raise ScriptFailedError(code=rc)
             return 0
         self.console.echo(f"Running the {kind} script:")
-        proc = run.run(command.split(), cwd=base, env=env, check=False)
+        if self.console.captures:
+            proc = run.run(
+                command.split(), cwd=base, env=env, check=False, capture=True, merge_stderr=True
+            )
+            self.console.write(proc.stdout)
+        else:
+            proc = run.run(command.split(), cwd=base, env=env, check=False)
         return proc.returncode
 
     # -- depmod --------------------------------------------------------------------------------

@@ -1,0 +1,487 @@
+"""Hook mode of the engine: the ordering rules for package-manager triggers, progress in
+dkmshooks's voice, one rebuild per transaction, initramfs follow-up, failure policy."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import initramfs, state
+from .config import Config, load_config, log_path_for
+from .console import note
+from .engine import (
+    BufferConsole,
+    Candidate,
+    LogSink,
+    TaskRun,
+    _budget,
+    fork,
+    hook_session,
+    plan_kernel,
+    run_tasks,
+)
+from .errors import DkmsError
+from .locking import TreeLock
+from .status import Session
+from .trigger import Trigger
+
+
+@dataclass
+class HookRun:
+    session: Session
+    trigger: Trigger
+    config: Config
+    log: LogSink
+    arch: str
+    failures: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def layout(self):  # type: ignore[no-untyped-def]
+        return self.session.layout
+
+
+def headers_package(trigger: Trigger, kver: str, distro: str) -> str:
+    if trigger.headers_package_hint:
+        return trigger.headers_package_hint
+    if distro.startswith(("fedora", "rhel", "centos")):
+        return f"kernel-devel-{kver}"
+    if distro.startswith("arch"):
+        return "the headers package of this kernel (e.g. linux-headers)"
+    return f"linux-headers-{kver}"
+
+
+def run_trigger(trigger: Trigger, environ: Mapping[str, str]) -> int:
+    session = hook_session(environ)
+    layout = session.layout
+    try:
+        config = load_config(layout)
+    except DkmsError as exc:
+        note(f"{' '.join(exc.lines)}; using the defaults")
+        config = Config()
+    log = LogSink(log_path_for(layout, config), trigger.source, trigger.transaction)
+    run = HookRun(session, trigger, config, log, os.uname().machine)
+    with TreeLock(layout.lock_path, say=note):
+        for event in trigger.kernels:
+            kver = event.kver
+            if event.event == "image-removed":
+                remove_kernel(run, kver, preinst=False)
+            elif event.event == "image-preinst":
+                remove_kernel(run, kver, preinst=True)
+            elif event.event == "headers-removed":
+                note(f"{kver}: headers removed; installed modules stay until the kernel goes")
+            else:
+                add_kernel(run, kver)
+        for mev in trigger.modules:
+            if mev.event == "added":
+                for kver in installed_kernels(session):
+                    add_kernel(run, kver, only=(mev.module,))
+            else:
+                remove_module_everywhere(run, mev.module, mev.version)
+    log.flush(session.console)
+    if run.failures:
+        note(
+            f"{len(run.failures)} module build(s) FAILED: {', '.join(run.failures)}. "
+            "The kernel packages were left configured; see `dkmshooks log --failed`."
+        )
+        if any(run.config.is_strict_for(f.split("/", 1)[0]) for f in run.failures):
+            return 1
+    return 0
+
+
+def installed_kernels(session: Session) -> list[str]:
+    top = session.layout.install_tree
+    try:
+        names = sorted(os.listdir(top))
+    except OSError:
+        return []
+    return [k for k in names if (top / k).is_dir() and session.facts(k).headers_ready]
+
+
+def add_kernel(run: HookRun, kver: str, *, only: Sequence[str] = ()) -> None:
+    session, layout, trigger = run.session, run.layout, run.trigger
+    facts = session.facts(kver)
+    headers = facts.headers_complete
+    image = facts.image_ready(layout)
+    readiness = {"headers": headers, "image": image}
+    if not only:
+        done = state.transaction_done(layout, trigger.transaction, kver)
+        if done == readiness:
+            note(f"{kver}: already handled in this transaction")
+            return
+    if layout.no_autoinstall_flag.exists():
+        note(f"{kver}: automatic installation is disabled by {layout.no_autoinstall_flag}")
+        return
+    plan = plan_kernel(session, kver, run.arch, only=only)
+    for mv in plan.broken:
+        note(f"{kver}: {mv} is broken (missing source); skipped. Fix or remove it with dkms.")
+    for module, version, exc in plan.bad_conf:
+        message = " ".join(exc.lines)
+        note(f"{kver}: {module}/{version}: {message}")
+        run.log.add(
+            module, version, kver, run.arch, "install", "failed", rc=exc.code, message=message
+        )
+        run.failures.append(f"{module}/{version} ({kver})")
+    candidates = [c for c in plan.candidates if not run.config.module(c.module).skip]
+    if not candidates:
+        if not only:
+            state.mark_transaction(layout, trigger.transaction, kver, readiness)
+            state.clear_pending(layout, kver)
+        return
+    hint = headers_package(trigger, kver, session.settings.distro)
+    if not headers:
+        _defer_without_headers(run, kver, candidates, image, hint)
+    elif not image:
+        _build_only(run, kver, candidates, hint)
+    else:
+        _build_and_install(run, kver, candidates)
+    if not only:
+        state.mark_transaction(layout, trigger.transaction, kver, readiness)
+
+
+def _defer_without_headers(
+    run: HookRun, kver: str, candidates: Sequence[Candidate], image: bool, hint: str
+) -> None:
+    session = run.session
+    built = [c for c in candidates if session.tree.is_built(c.module, c.version, kver, run.arch)]
+    unbuilt = [c for c in candidates if c not in built]
+    for c in unbuilt:
+        run.log.add(
+            c.module,
+            c.version,
+            kver,
+            run.arch,
+            "build",
+            "deferred-no-headers",
+            message=f"install {hint} to build it",
+        )
+    if unbuilt:
+        names = " ".join(f"{c.module}/{c.version}" for c in unbuilt)
+        note(f"{kver}: no kernel headers; not building {names}. Install {hint} and it will be.")
+        state.record_pending(run.layout, kver, "no-headers", [c.module for c in unbuilt], hint)
+    if built and image:
+        _build_and_install(run, kver, built)
+    elif built:
+        for c in built:
+            run.log.add(
+                c.module,
+                c.version,
+                kver,
+                run.arch,
+                "install",
+                "deferred-no-image",
+                message="built; installs when the kernel image arrives",
+            )
+
+
+def _build_only(run: HookRun, kver: str, candidates: Sequence[Candidate], hint: str) -> None:
+    """Headers configured before the image: build now, hold install and depmod."""
+    session = run.session
+    todo = [c for c in candidates if not session.tree.is_built(c.module, c.version, kver, run.arch)]
+    ok = _run_rounds(run, kver, candidates, todo, install=False)
+    for c in candidates:
+        if c.module in ok:
+            run.log.add(
+                c.module,
+                c.version,
+                kver,
+                run.arch,
+                "install",
+                "deferred-no-image",
+                message="built; installs when the kernel image arrives",
+            )
+    note(f"{kver}: kernel image not installed yet; built modules will be installed with it")
+    state.record_pending(run.layout, kver, "no-image", [c.module for c in candidates], hint)
+
+
+def _build_and_install(run: HookRun, kver: str, candidates: Sequence[Candidate]) -> None:
+    session = run.session
+    before = initramfs.newest_initramfs_mtime(run.layout, kver)
+    ok = _run_rounds(run, kver, candidates, list(candidates), install=True)
+    if ok:
+        quiet = fork(session, BufferConsole())
+        rc = quiet.depmod(kver)
+        if rc != 0:
+            note(f"{kver}: depmod failed (status {rc}); run `depmod -a {kver}` to see why")
+    if all(c.module in ok for c in candidates):
+        state.clear_pending(run.layout, kver)
+    installed = [c for c in candidates if c.module in ok]
+    if installed:
+        _maybe_regenerate_initramfs(run, kver, installed, before)
+
+
+def _run_rounds(
+    run: HookRun,
+    kver: str,
+    candidates: Sequence[Candidate],
+    todo: Sequence[Candidate],
+    *,
+    install: bool,
+) -> set[str]:
+    """Dependency rounds; within a round, modules build in parallel. Returns module names that
+    ended in the wanted state (built, or installed)."""
+    session, arch = run.session, run.arch
+    ok = {c.module for c in candidates if c not in todo}
+    ok |= {m for m in _already_installed_names(session, kver, arch)}
+    failed: set[str] = set()
+    skipped: set[str] = set()
+    pending = list(todo)
+    budget = _budget(session, run.config)
+    if any(not session.tree.is_built(c.module, c.version, kver, arch) for c in pending):
+        prologue = fork(session, BufferConsole())
+        try:
+            prologue.prepare_kernel_and_signing(kver, arch)
+            session.prepared_kernel = prologue.prepared_kernel
+            session.signing = prologue.signing
+        except DkmsError as exc:
+            note(f"{kver}: {' '.join(exc.lines)}")
+            return ok
+    known = {m for m, _ in _registered(session)}
+    while pending:
+        ready = []
+        waiting = []
+        for c in pending:
+            deps = [d for d in c.depends if d not in ok and d not in skipped]
+            if any(d in failed for d in deps):
+                failed.add(c.module)
+                run.failures.append(f"{c.module}/{c.version} ({kver})")
+                run.log.add(
+                    c.module,
+                    c.version,
+                    kver,
+                    arch,
+                    "build",
+                    "failed",
+                    message=f"a BUILD_DEPENDS module failed: {' '.join(deps)}",
+                )
+                note(f"{kver}: {c.module}/{c.version} not built: its dependency failed")
+            elif deps:
+                waiting.append(c)
+            else:
+                ready.append(c)
+        if not ready:
+            for c in waiting:
+                deps = [d for d in c.depends if d not in ok and d not in skipped]
+                outcome = "failed" if any(d in known for d in deps) else "deferred-dependency"
+                run.log.add(
+                    c.module,
+                    c.version,
+                    kver,
+                    arch,
+                    "build",
+                    outcome,
+                    message=f"BUILD_DEPENDS not satisfied: {' '.join(deps)}",
+                )
+                note(f"{kver}: {c.module}/{c.version} waits for {' '.join(deps)}")
+                if outcome == "failed":
+                    run.failures.append(f"{c.module}/{c.version} ({kver})")
+            break
+        tasks = [TaskRun(c, True) for c in ready]
+        action = "install" if install else "build"
+
+        def work(sub: Session, cand: Candidate) -> None:
+            if install:
+                sub.maybe_install(cand.module, cand.version, kver, arch)
+            elif not sub.tree.is_built(cand.module, cand.version, kver, arch):
+                sub.do_build(cand.module, cand.version, kver, arch)
+
+        def start(task: TaskRun) -> None:
+            c = task.candidate
+            verb = "building and installing" if install else "building"
+            note(f"{kver}: {verb} {c.module}/{c.version}...")
+
+        def end(task: TaskRun, action: str = action) -> None:
+            c = task.candidate
+            if task.rc == 0:
+                outcome = "installed" if install else "built"
+            elif task.rc == 77:
+                outcome = "skipped-excluded"
+            else:
+                outcome = "failed"
+            rec = run.log.add(
+                c.module,
+                c.version,
+                kver,
+                arch,
+                action,
+                outcome,
+                rc=task.rc,
+                duration=task.duration,
+                session=session,
+                message=_last_error(task) if outcome == "failed" else "",
+            )
+            note(f"{kver}: {c.module}/{c.version} {outcome} ({task.duration:.1f}s)")
+            if outcome == "failed":
+                if rec.make_log:
+                    note(f"{kver}: {c.module}/{c.version}: see {rec.make_log}; its last lines:")
+                    for line in rec.tail or ():
+                        note(f"    {line}")
+                else:
+                    for line in task.console.text().splitlines()[-20:]:
+                        note(f"    {line}")
+
+        run_tasks(
+            session,
+            tasks,
+            work,
+            budget=budget,
+            on_start=start,
+            on_end=end,
+            extra_options={"no_depmod": True},
+        )
+        for t in tasks:
+            if t.rc == 0:
+                ok.add(t.candidate.module)
+            elif t.rc == 77:
+                skipped.add(t.candidate.module)
+            else:
+                failed.add(t.candidate.module)
+                run.failures.append(f"{t.candidate.module}/{t.candidate.version} ({kver})")
+        pending = waiting
+    return ok
+
+
+def _last_error(task: TaskRun) -> str:
+    if task.error is not None:
+        return " ".join(line for line in task.error.lines if line)
+    return ""
+
+
+def _registered(session: Session) -> list[tuple[str, str]]:
+    return list(session.tree.module_versions())
+
+
+def _already_installed_names(session: Session, kver: str, arch: str) -> set[str]:
+    names = set()
+    for module, version in session.tree.module_versions():
+        if session.tree.is_active(module, version, kver, arch):
+            names.add(module)
+    return names
+
+
+def _maybe_regenerate_initramfs(
+    run: HookRun, kver: str, installed: Sequence[Candidate], before: float | None
+) -> None:
+    layout, config = run.layout, run.config
+    if run.trigger.extra.get("initramfs_follows") == "1":
+        return
+    if before is None:
+        return  # no initramfs yet: the generator's own hook will include the modules
+    policies = {c.module: config.module(c.module).initramfs or config.initramfs for c in installed}
+    if all(p == "never" for p in policies.values()):
+        return
+    names: set[str] = set()
+    for c in installed:
+        mdir = layout.built_dir(c.module, c.version, kver, run.arch) / "module"
+        for f in mdir.glob("*.ko*"):
+            names.add(f.name.split(".ko", 1)[0])
+    wanted = any(p == "always" for p in policies.values())
+    if not wanted:
+        configured = initramfs.configured_modules(layout)
+        wanted = bool({n.replace("-", "_") for n in names} & configured)
+    if not wanted:
+        wanted = initramfs.listed_in_image(layout, kver, names)
+    if not wanted:
+        return
+    note(f"{kver}: regenerating the initramfs (a module it contains was rebuilt)...")
+    start = time.monotonic()
+    rc, output, argv = initramfs.regenerate(layout, kver)
+    outcome = "initramfs-regenerated" if rc == 0 else "failed"
+    run.log.add(
+        "initramfs",
+        "-",
+        kver,
+        run.arch,
+        "initramfs",
+        outcome,
+        rc=rc,
+        duration=time.monotonic() - start,
+        message=" ".join(argv),
+    )
+    if rc != 0:
+        note(f"{kver}: {' '.join(argv)} failed (status {rc}):")
+        for line in output.splitlines()[-20:]:
+            note(f"    {line}")
+        run.failures.append(f"initramfs ({kver})")
+    else:
+        note(f"{kver}: initramfs regenerated ({time.monotonic() - start:.1f}s)")
+
+
+def remove_kernel(run: HookRun, kver: str, *, preinst: bool) -> None:
+    session, arch = run.session, run.arch
+    quiet = fork(session, BufferConsole(), delayed_depmod=True)
+    removed = 0
+    for module, version in list(session.tree.module_versions()):
+        if not session.tree.is_built(module, version, kver, arch):
+            continue
+        if preinst:
+            try:
+                conf = quiet.read_conf(
+                    module,
+                    version,
+                    kver,
+                    arch,
+                    session.layout.source_link(module, version) / "dkms.conf",
+                )
+            except DkmsError:
+                continue
+            if not conf.autoinstall:
+                continue
+        start = time.monotonic()
+        try:
+            quiet.maybe_uninstall(module, version, kver, arch)
+            quiet.maybe_unbuild(module, version, kver, arch)
+            removed += 1
+            run.log.add(
+                module, version, kver, arch, "unbuild", "removed", duration=time.monotonic() - start
+            )
+        except DkmsError as exc:
+            run.log.add(
+                module,
+                version,
+                kver,
+                arch,
+                "unbuild",
+                "failed",
+                rc=exc.code,
+                message=" ".join(exc.lines),
+            )
+            run.failures.append(f"{module}/{version} ({kver})")
+    if quiet.depmod_pending:
+        quiet.depmod(kver)
+    top = session.layout.modules_dir(kver)
+    if top.is_dir():
+        from .install import _delete_empty_dirs
+
+        _delete_empty_dirs(top)
+    if not preinst:
+        state.clear_pending(session.layout, kver)
+    if removed:
+        what = "to rebuild after the upgrade" if preinst else "for the removed kernel"
+        note(f"{kver}: removed {removed} module(s) {what}")
+
+
+def remove_module_everywhere(run: HookRun, module: str, version: str) -> None:
+    session = run.session
+    if not session.tree.is_added(module, version) and not session.tree.is_broken(module, version):
+        return
+    quiet = fork(session, BufferConsole())
+    kernels = [(e.kver, e.arch) for e in session.tree.built_entries(module, version)]
+    try:
+        quiet.remove_module(module, version, kernels)
+        for kver, arch in kernels:
+            run.log.add(module, version, kver, arch, "remove", "removed")
+        note(f"{module}/{version}: removed from {len(kernels)} kernel(s)")
+    except DkmsError as exc:
+        note(f"{module}/{version}: removal failed: {' '.join(exc.lines)}")
+        run.failures.append(f"{module}/{version}")
+
+
+def find_kernels(root: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(root))
+    except OSError:
+        return []
