@@ -101,6 +101,7 @@ class Candidate:
     module: str
     version: str
     depends: tuple[str, ...]
+    excluded: bool = False
 
 
 @dataclass
@@ -153,7 +154,9 @@ def plan_kernel(session: Session, kver: str, arch: str, *, only: Sequence[str] =
             continue
         if not conf.autoinstall:
             continue
-        plan.candidates.append(Candidate(module, version, conf.build_depends))
+        plan.candidates.append(
+            Candidate(module, version, conf.build_depends, excluded=conf.build_exclude)
+        )
     return plan
 
 
