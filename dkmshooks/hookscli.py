@@ -36,6 +36,8 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         return hook(rest, environ)
     if command == "trigger":
         return trigger(rest, environ)
+    if command == "common-postinst":
+        return _subcommand("commonpostinst", rest, environ)
     if command in ("plan", "log", "doctor"):
         return _subcommand(
             {"plan": "plancli", "log": "logcli", "doctor": "doctor"}[command], rest, environ
