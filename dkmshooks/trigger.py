@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import time
+import uuid
 from dataclasses import dataclass, field
 
 SOURCES = ("apt", "dnf", "pacman", "kernel-install", "cli", "boot")
@@ -56,5 +56,5 @@ class Trigger:
 
 
 def new_transaction_id() -> str:
-    """A fresh id when the package manager gives none: time and pid, sortable."""
-    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.getpid()}"
+    """A fresh id when the package manager gives none: random first (shown shortened), then time."""
+    return f"{uuid.uuid4().hex[:8]}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
