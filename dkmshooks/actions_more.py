@@ -46,7 +46,7 @@ def dispatch(session: Session, action: str, args: Args, pairs: Sequence[tuple[st
     if action in ("autoinstall", "kernel_postinst"):
         from .cli import _have_one_kernel, _post_transaction
 
-        _have_one_kernel(args, action)
+        _have_one_kernel(args, action, len(pairs))
         require_root()
         kver, arch = pairs[0]
         log = _log_sink(session)
@@ -72,7 +72,7 @@ def dispatch(session: Session, action: str, args: Args, pairs: Sequence[tuple[st
         require_root()
         from .cli import _have_one_kernel
 
-        _have_one_kernel(args, "match")
+        _have_one_kernel(args, "match", len(pairs))
         return run_match(session, args, pairs[0])
     raise DkmsError(f"The action {action} is not available in this version of dkmshooks.")
 

@@ -29,6 +29,7 @@ from .kernel import (
     compressed_or_uncompressed,
 )
 from .session import SessionBase, _mkdtemp6, check_module_args, check_name, require_root
+from .versions import natural_key
 
 
 class Builder(SessionBase):
@@ -324,6 +325,16 @@ class Builder(SessionBase):
         except OSError:
             pass
         fsutil.remove_tree(build_dir)
+        if conf.build_depends_rebuild and not self.options.force:
+            for dep in conf.build_depends:
+                dep_version = self.latest_registered_version(dep, kver, arch)
+                if dep_version:
+                    fsutil.write_atomic(base_dir / f".dep_{dep}", f"{dep_version}\n")
+
+    def latest_registered_version(self, module: str, kver: str, arch: str) -> str:
+        """The newest version of `module` in `dkms status -k K` (sort -V), "" if none."""
+        versions = [e.version for e in self.tree.status(module, "", kver, arch)]
+        return max(versions, key=natural_key) if versions else ""
 
     def compiler_env(self, facts: KernelFacts) -> dict[str, str]:
         """CC from CONFIG_CC_VERSION_TEXT (dkms exports it so the module's compiler matches)."""

@@ -238,7 +238,15 @@ def _kernel_arch_list(session: Session, args: Args, action: str) -> list[tuple[s
     """dkms's setup_kernels_arches."""
     kernels = list(args.kernels)
     arches = list(args.arches)
-    if args.all and action != "status":
+    if args.all and action in ("build", "install"):
+        # beyond dkms (which refuses --all here): every installed kernel that has headers
+        try:
+            names = os.listdir(session.layout.install_tree)
+        except OSError:
+            names = []
+        kernels = sorted((k for k in names if session.facts(k).headers_ready), key=natural_key)
+        arches = [os.uname().machine] * len(kernels)
+    elif args.all and action != "status":
         entries = sorted(
             Tree(session.layout).built_entries(args.module, args.version),
             key=lambda e: natural_key(f"{e.kver}/{e.arch}"),
@@ -270,9 +278,11 @@ def _check_all_banned(args: Args, action: str) -> None:
         raise DkmsError(f"The action {action} does not support the --all parameter.", code=5)
 
 
-def _have_one_kernel(args: Args, action: str) -> None:
+def _have_one_kernel(args: Args, action: str, count: int | None = None) -> None:
+    """`count` is the kernel list after defaults (autoinstall, match); kernel_* count only
+    what the command line gave, as dkms checks them before applying the uname -r default."""
     _check_all_banned(args, action)
-    if len(args.kernels) != 1:
+    if (len(args.kernels) if count is None else count) != 1:
         if re.match(r"kernel_(preinst|postinst|prerm)", action):
             raise DkmsError(
                 f"The action {action} requires exactly one kernel version parameter on the "
@@ -470,7 +480,11 @@ def _dispatch(
             _post_transaction(session)
         return 0
     if action in ("add", "build", "install"):
-        _check_all_banned(args, action)
+        if action == "add":
+            _check_all_banned(args, action)
+        elif args.all and not pairs:
+            console.echo_err("dkmshooks: no installed kernel has headers; nothing to do for --all")
+            return 0
         if action != "add":
             session.module_is_broken_and_die(module, version)
         if action == "install":

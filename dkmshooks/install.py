@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import fsutil, run
 from .build import Builder
-from .dkmsconf import read_conf
+from .dkmsconf import DkmsConf, read_conf
 from .errors import (
     DkmsError,
     EmptyKernelError,
@@ -152,6 +152,7 @@ class Installer(Builder):
         if conf.modules and not any_installed:
             raise InstallError("Installation aborted.")
         fsutil.symlink_atomic(f"{version}/{kver}/{arch}", active_link)
+        self.weak_modules("add", conf, module, kver, arch)
         self.run_script("post_install", conf.post_install, module, version, kver=kver, arch=arch)
         rc = self.invoke_fn("Running depmod", lambda: self.depmod(kver), conf.package_name)
         if rc != 0:
@@ -174,6 +175,78 @@ class Installer(Builder):
                 ],
                 check=False,
             )
+        self.check_and_rebuild_dependent_modules(kver, arch)
+
+    def weak_modules(self, what: str, conf: DkmsConf, module: str, kver: str, arch: str) -> None:
+        """RHEL's weak-modules / SUSE's weak-modules2 (kABI tracking), as dkms sets them up."""
+        if self.environ.get("NO_WEAK_MODULES") or conf.no_weak_modules:
+            return
+        distro = self.settings.distro
+        suffix = self.suffix(kver)
+        if distro.startswith("rhel"):
+            tool = self.layout.under("/usr/sbin/weak-modules")
+            argv = [str(tool), "--no-initramfs", f"--{what}-modules"]
+        elif distro.startswith(("sles", "suse", "opensuse")):
+            tool = self.layout.under("/usr/lib/module-init-tools/weak-modules2")
+            # dkms passes a literal '${kernelver}' here; the kernel release is what is meant
+            argv = [str(tool), f"--{what}-kernel-modules", kver]
+        else:
+            return
+        if not os.access(tool, os.X_OK):
+            return
+        self.console.echo(f"{'Adding' if what == 'add' else 'Removing'} linked weak modules...")
+        files = []
+        for entry in conf.active_modules:
+            found = compressed_or_uncompressed(
+                Path(f"{self.layout.modules_dir(kver)}{entry.dest_location}"),
+                entry.dest_name,
+                suffix,
+            )
+            if found is not None:
+                files.append(str(found))
+        run.run(argv, check=False, stdin_text="".join(f"{f}\n" for f in files))
+
+    def check_and_rebuild_dependent_modules(self, kver: str, arch: str) -> None:
+        """BUILD_DEPENDS_REBUILD: rebuild modules built for K/A whose dependency's version
+        changed (upgrade or downgrade) since they were built."""
+        if self.options.force:
+            return
+        todo: list[tuple[str, str]] = []
+        for entry in self.tree.status("", "", kver, arch):
+            if entry.state not in ("built", "installed") or entry.kver != kver:
+                continue
+            try:
+                conf = self.read_conf(
+                    entry.module,
+                    entry.version,
+                    kver,
+                    arch,
+                    self.layout.source_link(entry.module, entry.version) / "dkms.conf",
+                )
+            except DkmsError:
+                continue
+            if not conf.build_depends or not conf.build_depends_rebuild:
+                continue
+            base = self.layout.built_dir(entry.module, entry.version, kver, arch)
+            for dep in conf.build_depends:
+                dep_version = self.latest_registered_version(dep, kver, arch)
+                if not dep_version:
+                    continue
+                try:
+                    recorded = (base / f".dep_{dep}").read_text(encoding="utf-8").strip()
+                except OSError:
+                    recorded = None
+                if recorded != dep_version:
+                    todo.append((entry.module, entry.version))
+                    break
+        for module, version in todo:
+            self.console.echo(
+                "", f"Rebuilding module {module}/{version} due to updated dependencies", ""
+            )
+            self.do_uninstall(module, version, kver, arch)
+            self.do_unbuild(module, version, kver, arch)
+            self.do_build(module, version, kver, arch)
+            self.do_install(module, version, kver, arch)
 
     def check_version_sanity(
         self,
@@ -284,6 +357,7 @@ class Installer(Builder):
         was_active = self.tree.is_active(module, version, kver, arch)
         if was_active:
             self.console.echo("Before uninstall, this module version was ACTIVE on this kernel.")
+            self.weak_modules("remove", conf, module, kver, arch)
             for entry in conf.modules:
                 name = entry.dest_name
                 real = self.find_actual_dest(module, kver, arch, entry)

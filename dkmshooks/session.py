@@ -71,6 +71,7 @@ class SessionBase:
     installed_count: int = 0
     signing: Signing = field(default_factory=Signing)
     _suffix_cache: dict[str, str] = field(default_factory=dict)
+    _conf_cache: dict[tuple[object, ...], DkmsConf] = field(default_factory=dict)
 
     @property
     def layout(self) -> Layout:
@@ -137,7 +138,22 @@ class SessionBase:
             path or self.options.conf or self.layout.source_link(module, version) / ("dkms.conf")
         )
         shown = str(path) if path is not None else str(self.options.conf or "")
-        return read_conf(
+        key = None
+        if not strict:
+            # dkms also re-reads only when module/version/kernel/arch or the file changed
+            key = (
+                str(conf_path),
+                module,
+                version,
+                kver,
+                arch,
+                _stamp(conf_path),
+                _stamp(self.layout.etc_dkms),
+            )
+            cached = self._conf_cache.get(key)
+            if cached is not None:
+                return cached
+        conf = read_conf(
             conf_path,
             module,
             version,
@@ -148,6 +164,9 @@ class SessionBase:
             strict=strict,
             shown_path=shown,
         )
+        if key is not None and not self.options.directives:
+            self._conf_cache[key] = conf
+        return conf
 
     # -- output helpers ------------------------------------------------------------------------
 
@@ -253,6 +272,11 @@ class SessionBase:
         script_type = "build" if kind in ("pre_build", "post_build") else "source"
         base = self.layout.version_dir(module, version) / script_type
         command = f"{base}/{value}"
+        # an executable /etc/dkms/<module>/<script> replaces the packaged one (dkms 3.4)
+        override = self.layout.etc_dkms / module / os.path.basename(value.split(" ", 1)[0])
+        if os.path.isfile(override) and os.access(override, os.X_OK):
+            rest = value.split(" ", 1)[1] if " " in value else ""
+            command = f"{override} {rest}".rstrip()
         executable = command.split(" ", 1)[0]
         env = self.script_env(module, version, kver, arch)
         if not (os.path.isfile(executable) and os.access(executable, os.X_OK)):
@@ -404,3 +428,11 @@ def _mkdtemp6(parent: Path, prefix: str) -> Path:
         except FileExistsError:
             continue
     raise DkmsError("Unable to make temporary directory.", code=1)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        return (0, 0)
+    return (st.st_mtime_ns, st.st_size)
