@@ -56,7 +56,7 @@ def dispatch(session: Session, action: str, args: Args, pairs: Sequence[tuple[st
             log.flush(session.console)
         if rc == 0 and session.settings.post_transaction and session.installed_count:
             # dkms 3.4 means to run it here but its guard reads a variable out of scope
-            _post_transaction(session)
+            _post_transaction(session, kver)
         return rc
     if action in ("kernel_prerm", "kernel_preinst"):
         require_root()

@@ -43,11 +43,7 @@ class Builder(SessionBase):
         if not (src / "dkms.conf").is_file():
             raise NoConfInPathError(f"{path} must contain a dkms.conf file!")
         require_root()
-        try:
-            conf = self.read_conf("", "", kver, arch, src / "dkms.conf")
-        except BadConfError as exc:
-            self.console.error(*exc.lines)
-            raise DkmsError("Malformed dkms.conf file. Cannot load source tree.", code=10) from exc
+        conf = self.read_conf("", "", kver, arch, src / "dkms.conf")
         module, version = conf.package_name, conf.package_version
         check_name(module, version)
         dest = self.layout.module_source(module, version)
@@ -66,7 +62,6 @@ class Builder(SessionBase):
 
     def add_module(self, module: str, version: str, kver: str, arch: str) -> None:
         check_module_args("add", module, version)
-        check_name(module, version)
         if self.tree.is_added(module, version):
             raise AlreadyAddedError(
                 f"DKMS tree already contains: {module}/{version}",
@@ -79,6 +74,7 @@ class Builder(SessionBase):
                 "Could not find module source directory.",
                 f"Directory: {source_dir} does not exist.",
             )
+        check_name(module, version)
         conf = self.read_conf(module, version, kver, arch, conf_path, strict=True)
         link = self.layout.source_link(module, version)
         self.console.echo(f"Creating symlink {link} -> {source_dir}")

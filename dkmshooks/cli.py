@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import DKMS_RELEASE_STRING, run
+from . import DKMS_RELEASE_STRING, faults, run
 from .console import Console
 from .errors import DkmsError, SilentExit
 from .framework import Settings, load_post_transaction, load_settings
@@ -307,8 +307,9 @@ def _check_rw_dkms_tree(layout: Layout) -> None:
         raise DkmsError(f"No write access to DKMS tree at {tree}", code=1)
 
 
-def _post_transaction(session: Session) -> None:
-    command = load_post_transaction(session.layout, session.environ)
+def _post_transaction(session: Session, kver: str = "") -> None:
+    """Read lazily with the (first) kernel in scope, as dkms does, so ${kernelver} works."""
+    command = load_post_transaction(session.layout, session.environ, kver)
     if not command:
         return
     logfile = session.layout.post_transaction_log
@@ -477,7 +478,7 @@ def _dispatch(
                 if action == "unbuild":
                     session.maybe_unbuild(module, version, kver, arch)
         if settings.post_transaction:
-            _post_transaction(session)
+            _post_transaction(session, pairs[0][0] if pairs else "")
         return 0
     if action in ("add", "build", "install"):
         if action == "add":
@@ -499,8 +500,6 @@ def _dispatch(
                 module, version = load_tarball_for_add(session, Path(args.archive), kver0, arch0)
             if args.try_source_tree:
                 module, version = session.add_source_tree(Path(args.try_source_tree), kver0, arch0)
-        if module or version:
-            check_name(module, version)
         if action == "add":
             if args.rpm_safe_upgrade:
                 from .rpmsafe import write_lock
@@ -511,13 +510,20 @@ def _dispatch(
             return 0
         if not (module and version):
             check_module_args("add", module, version)
+        if not session.tree.is_added(module, version):
+            # the source directory check comes first, as in dkms's add (exit 2)
+            source = session.layout.module_source(module, version)
+            if source.is_dir():
+                check_name(module, version)
+        else:
+            check_name(module, version)
         if action == "build":
             return _per_kernel(
                 session, lambda k, a: session.maybe_build(module, version, k, a), pairs
             )
         rc = _per_kernel(session, lambda k, a: session.maybe_install(module, version, k, a), pairs)
         if rc == 0 and settings.post_transaction:
-            _post_transaction(session)
+            _post_transaction(session, pairs[0][0] if pairs else "")
         return rc
     if action == "status":
         session.show_status(module, version, pairs)
@@ -570,12 +576,14 @@ def _boundary(fn: object, *fargs: object) -> int:
 
 def dkms_main() -> None:
     prog = sys.argv[0]
+    faults.arm(os.environ.get(faults.ENV_VAR, ""))
     sys.exit(_boundary(dkms, sys.argv[1:], dict(os.environ), prog))
 
 
 def dkmshooks_main() -> None:
     from .hookscli import main
 
+    faults.arm(os.environ.get(faults.ENV_VAR, ""))
     sys.exit(_boundary(main, sys.argv[1:], dict(os.environ)))
 
 

@@ -67,6 +67,9 @@ DEPRECATED = (
     "OBSOLETE_BY",
 )
 
+# More module records than any real package has; beyond it a dkms.conf is refused, not looped over.
+MAX_MODULES = 1024
+
 _EXCLUSIVE = (
     "BUILD_EXCLUSIVE_KERNEL",
     "BUILD_EXCLUSIVE_KERNEL_MIN",
@@ -112,6 +115,7 @@ class DkmsConf:
     build_exclude: bool
     has_per_module_exclusive: bool
     values: shellconf.ShellValues = field(repr=False, compare=False)
+    shown_path: str = ""
 
     @property
     def active_modules(self) -> tuple[ModuleEntry, ...]:
@@ -286,6 +290,13 @@ def read_conf(
     ):
         indices.extend(values.array(name).keys())
     num_modules = max(indices) + 1 if indices else 0
+    if num_modules > MAX_MODULES:
+        # BUILT_MODULE_NAME[2000000000]=x would otherwise mean two billion records to check
+        errors.append(
+            f"{num_modules} module records (highest index {num_modules - 1}); "
+            f"at most {MAX_MODULES} are supported."
+        )
+        num_modules = 0
 
     strip_first = ""
     modules: list[ModuleEntry] = []
@@ -317,6 +328,7 @@ def read_conf(
             errors.append(f"'BUILT_MODULE_NAME' directive ends in '.o' or '.ko' in record #{i}.")
         if dest_name.endswith((".o", ".ko")):
             errors.append(f"'DEST_MODULE_NAME' directive ends in '.o' or '.ko' in record #{i}.")
+        errors.extend(_path_errors(i, built_name, dest_name, built_location, conf_dest))
         dest_location = override_dest_location(ctx.distro, ctx.addon_modules_dir, conf_dest)
         if conf_dest == "":
             errors.append(f"No 'DEST_MODULE_LOCATION' directive specified for record #{i}.")
@@ -400,39 +412,11 @@ def read_conf(
             "does not represent a valid dkms.conf file.",
         )
 
-    if strict:
-        strict_errors: list[str] = []
-        if num_modules == 0:
-            console.write_err("dkms.conf: Warning! Zero modules specified.\n")
-        seen: set[str] = set()
-        for entry in final_modules:
-            key = f"{entry.built_location}{entry.built_name}"
-            if key in seen:
-                strict_errors.append(
-                    f"Duplicate module '{key}' in 'BUILT_MODULE_NAME[{entry.index}]'."
-                )
-            seen.add(key)
-        seen = set()
-        for entry in final_modules:
-            if entry.dest_name in seen:
-                strict_errors.append(
-                    f"Duplicate module '{entry.dest_name}' in 'DEST_MODULE_NAME[{entry.index}]'."
-                )
-            seen.add(entry.dest_name)
-        if strict_errors:
-            for message in strict_errors:
-                console.write_err(f"dkms.conf: Error! {message}\n")
-            raise BadConfError(
-                "Bad conf file.",
-                f"File: {shown_path if shown_path is not None else conf_path} "
-                "does not represent a valid dkms.conf file.",
-            )
-
     has_per_module_exclusive = any(
         values.get(name, i) for i in range(num_modules) for name in _EXCLUSIVE
     )
     build_depends = tuple(v for _, v in sorted(values.array("BUILD_DEPENDS").items()) if v)
-    return DkmsConf(
+    conf = DkmsConf(
         path=conf_path,
         kver=kver,
         arch=arch,
@@ -455,7 +439,59 @@ def read_conf(
         build_exclude=build_exclude,
         has_per_module_exclusive=has_per_module_exclusive,
         values=values,
+        shown_path=shown_path if shown_path is not None else str(conf_path),
     )
+    if strict:
+        strict_checks(conf, console)
+    return conf
+
+
+def strict_checks(conf: DkmsConf, console: Console) -> None:
+    """read_conf_strict's extra checks, which dkms runs on every strict read (even when the
+    conf itself was not re-read)."""
+    errors: list[str] = []
+    if not conf.modules:
+        console.write_err("dkms.conf: Warning! Zero modules specified.\n")
+    seen: set[str] = set()
+    for entry in conf.modules:
+        key = f"{entry.built_location}{entry.built_name}"
+        if key in seen:
+            errors.append(f"Duplicate module '{key}' in 'BUILT_MODULE_NAME[{entry.index}]'.")
+        seen.add(key)
+    seen = set()
+    for entry in conf.modules:
+        if entry.dest_name in seen:
+            errors.append(
+                f"Duplicate module '{entry.dest_name}' in 'DEST_MODULE_NAME[{entry.index}]'."
+            )
+        seen.add(entry.dest_name)
+    if errors:
+        for message in errors:
+            console.write_err(f"dkms.conf: Error! {message}\n")
+        raise BadConfError(
+            "Bad conf file.", f"File: {conf.shown_path} does not represent a valid dkms.conf file."
+        )
+
+
+def _path_errors(
+    index: int, built_name: str, dest_name: str, built_location: str, dest_location: str
+) -> list[str]:
+    """Names and locations become paths below the build dir and /lib/modules/K: refuse what
+    would leave them (dkms itself would follow `..` wherever it leads)."""
+    errors = []
+    for directive, name in (("BUILT_MODULE_NAME", built_name), ("DEST_MODULE_NAME", dest_name)):
+        if "/" in name or "\n" in name:
+            errors.append(f"'{directive}' contains '/' or a newline in record #{index}.")
+    for directive, location in (
+        ("BUILT_MODULE_LOCATION", built_location),
+        ("DEST_MODULE_LOCATION", dest_location),
+    ):
+        if ".." in location.split("/") or "\n" in location:
+            errors.append(
+                f"Directive '{directive}' contains a '..' component or a newline in record "
+                f"#{index}."
+            )
+    return errors
 
 
 def _replace_excluded(entry: ModuleEntry, excluded: bool) -> ModuleEntry:

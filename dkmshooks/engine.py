@@ -62,6 +62,7 @@ def fork(session: Session, console: Console, **options: object) -> Session:
         options=opts,
         signing=replace(session.signing),
         _suffix_cache=dict(session._suffix_cache),
+        _conf_cache={},
     )
 
 

@@ -171,10 +171,11 @@ def load_signing(layout: Layout, environ: Mapping[str, str], kver: str) -> Signi
     )
 
 
-def load_post_transaction(layout: Layout, environ: Mapping[str, str]) -> str:
+def load_post_transaction(layout: Layout, environ: Mapping[str, str], kver: str = "") -> str:
     scope = (
         {"post_transaction": environ["post_transaction"]} if "post_transaction" in environ else {}
     )
+    scope["kernelver"] = kver
     values = shellconf.evaluate(
         framework_files(layout), ("post_transaction",), scope=scope, base_env=environ
     )

@@ -61,7 +61,15 @@ class _Unsafe(Exception):
 
 
 class _Corrupt(Exception):
-    pass
+    """Reading the archive failed: not a tar, truncated, corrupt, unreadable."""
+
+
+class _WriteFailed(Exception):
+    """Writing into the private directory failed ($TMPDIR full, read-only, ...)."""
+
+    def __init__(self, member: str, error: OSError) -> None:
+        super().__init__(error.strerror or str(error))
+        self.member = member
 
 
 def unsafe_error(archive: Path, member: str, reason: str) -> InvalidTarballError:
@@ -95,17 +103,29 @@ def unpack(archive: Path, dest: Path, limits: Limits = DEFAULT_LIMITS) -> None:
     Raises InvalidTarballError (code 7) naming the offending member; on error, `dest` may hold
     part of the archive and the caller discards it."""
     try:
-        with _open_archive(archive, limits) as tar:
+        with _open_raw(archive) as raw, _open_archive(raw, archive, limits) as tar:
             members = _scan(tar, limits)
             _extract(tar, members, dest)
     except _Unsafe as exc:
         raise unsafe_error(archive, exc.member, exc.reason) from None
+    except _WriteFailed as exc:
+        raise DkmsError(
+            f"Cannot unpack '{exc.member}' from {archive} into {dest}: {exc}.",
+            "Nothing was written to the source or DKMS trees. "
+            "Check the free space and permissions of $TMPDIR.",
+        ) from None
     except _Corrupt as exc:
         raise _corrupt_error(archive, str(exc)) from None
-    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, ValueError) as exc:
-        raise _corrupt_error(archive, str(exc) or type(exc).__name__) from None
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, ValueError, OSError) as exc:
+        detail = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+        raise _corrupt_error(archive, detail or type(exc).__name__) from None
+
+
+def _open_raw(archive: Path) -> IO[bytes]:
+    try:
+        return open(archive, "rb")
     except OSError as exc:
-        raise _corrupt_error(archive, exc.strerror or str(exc)) from None
+        raise InvalidTarballError(f"Cannot read {archive}: {exc.strerror or exc}.") from None
 
 
 class _Bounded(io.RawIOBase):
@@ -190,16 +210,15 @@ def _decompressing(raw: IO[bytes], archive: Path) -> IO[bytes]:
 
 
 @contextmanager
-def _open_archive(archive: Path, limits: Limits) -> Iterator[tarfile.TarFile]:
-    with open(archive, "rb") as raw:
-        stream = _decompressing(raw, archive)
-        bounded = _Bounded(stream, limits.total_bytes + limits.overhead_bytes)
-        try:
-            with tarfile.open(fileobj=cast(IO[bytes], bounded), mode="r:") as tar:
-                yield tar
-        finally:
-            if stream is not raw:
-                stream.close()
+def _open_archive(raw: IO[bytes], archive: Path, limits: Limits) -> Iterator[tarfile.TarFile]:
+    stream = _decompressing(raw, archive)
+    bounded = _Bounded(stream, limits.total_bytes + limits.overhead_bytes)
+    try:
+        with tarfile.open(fileobj=cast(IO[bytes], bounded), mode="r:") as tar:
+            yield tar
+    finally:
+        if stream is not raw:
+            stream.close()
 
 
 def _normalize(name: str) -> str:
@@ -327,26 +346,33 @@ def _resolve(parts: list[str], links: dict[str, str], depth: int = 0) -> list[st
 def _extract(tar: tarfile.TarFile, members: list[_Member], dest: Path) -> None:
     root = os.path.realpath(dest)
     for member in members:
-        target = dest.joinpath(*member.path.split("/"))
-        if member.kind == "dir":
-            target.mkdir(mode=0o755, parents=True, exist_ok=True)
-            continue
-        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        # Validation makes this impossible; checked again because the cost is one syscall.
-        if os.path.commonpath([root, os.path.realpath(target.parent)]) != root:
-            raise _Unsafe(member.info.name, "it would be written outside the unpack directory")
-        if os.path.lexists(target):
-            target.unlink()
-        if member.kind == "symlink":
-            os.symlink(member.target, target)
-        elif member.kind == "hardlink":
-            source = dest.joinpath(*member.target.split("/"))
-            try:
-                os.link(source, target)
-            except OSError:
-                shutil.copy2(source, target)
-        else:
-            _write_member(tar, member, target)
+        try:
+            _extract_member(tar, member, dest, root)
+        except OSError as exc:
+            raise _WriteFailed(member.info.name, exc) from exc
+
+
+def _extract_member(tar: tarfile.TarFile, member: _Member, dest: Path, root: str) -> None:
+    target = dest.joinpath(*member.path.split("/"))
+    if member.kind == "dir":
+        target.mkdir(mode=0o755, parents=True, exist_ok=True)
+        return
+    target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    # Validation makes this impossible; checked again because the cost is one syscall.
+    if os.path.commonpath([root, os.path.realpath(target.parent)]) != root:
+        raise _Unsafe(member.info.name, "it would be written outside the unpack directory")
+    if os.path.lexists(target):
+        target.unlink()
+    if member.kind == "symlink":
+        os.symlink(member.target, target)
+    elif member.kind == "hardlink":
+        source = dest.joinpath(*member.target.split("/"))
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
+    else:
+        _write_member(tar, member, target)
 
 
 def _write_member(tar: tarfile.TarFile, member: _Member, target: Path) -> None:
@@ -357,7 +383,10 @@ def _write_member(tar: tarfile.TarFile, member: _Member, target: Path) -> None:
     written = 0
     with src, open(target, "xb") as out:
         while written < info.size:
-            chunk = src.read(min(1 << 20, info.size - written))
+            try:
+                chunk = src.read(min(1 << 20, info.size - written))
+            except OSError as exc:  # bz2 and gzip report bad data as OSError
+                raise _Corrupt(f"member '{info.name}' cannot be read ({exc})") from exc
             if not chunk:
                 break
             out.write(chunk)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import run
 from .console import Console
-from .dkmsconf import ConfContext, DkmsConf, read_conf
+from .dkmsconf import ConfContext, DkmsConf, read_conf, strict_checks
 from .errors import (
     BrokenModuleError,
     DkmsError,
@@ -138,21 +138,23 @@ class SessionBase:
             path or self.options.conf or self.layout.source_link(module, version) / ("dkms.conf")
         )
         shown = str(path) if path is not None else str(self.options.conf or "")
-        key = None
-        if not strict:
-            # dkms also re-reads only when module/version/kernel/arch or the file changed
-            key = (
-                str(conf_path),
-                module,
-                version,
-                kver,
-                arch,
-                _stamp(conf_path),
-                _stamp(self.layout.etc_dkms),
-            )
-            cached = self._conf_cache.get(key)
-            if cached is not None:
-                return cached
+        # dkms does not re-read a conf it just read for the same module/version/kernel/arch:
+        # the deprecation warnings and DIRECTIVE lines appear once; the strict checks rerun.
+        key = (
+            str(conf_path),
+            shown,
+            module,
+            version,
+            kver,
+            arch,
+            _stamp(conf_path),
+            _stamp(self.layout.etc_dkms),
+        )
+        cached = self._conf_cache.get(key)
+        if cached is not None:
+            if strict:
+                strict_checks(cached, self.console)
+            return cached
         conf = read_conf(
             conf_path,
             module,
@@ -164,7 +166,7 @@ class SessionBase:
             strict=strict,
             shown_path=shown,
         )
-        if key is not None and not self.options.directives:
+        if not self.options.directives:
             self._conf_cache[key] = conf
         return conf
 

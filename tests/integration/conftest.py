@@ -41,7 +41,9 @@ def find_kernels() -> list[str]:
     found = []
     for headers in Path("/usr/src").glob("linux-headers-6.1.0-*-amd64"):
         kver = headers.name[len("linux-headers-") :]
-        if (headers / "Makefile").is_file() and Path(f"/lib/modules/{kver}/build/Makefile").is_file():
+        if (headers / "Makefile").is_file() and Path(
+            f"/lib/modules/{kver}/build/Makefile"
+        ).is_file():
             found.append(kver)
     return sorted(found, key=_version_key)
 
@@ -62,7 +64,7 @@ def dkms_executable() -> Path | None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "kver" in metafunc.fixturenames:
-        params = KERNELS or [None]
+        params: list[str | None] = [*KERNELS] or [None]
         metafunc.parametrize(
             "kver", params, ids=[p or "no-kernel-headers" for p in params], indirect=True
         )

@@ -1,4 +1,4 @@
-"""dkms 3.4's expected output, and the normalisation upstream's run_test.sh applies before comparing.
+"""dkms 3.4's expected output, and the normalisation run_test.sh applies before comparing.
 
 Only what upstream normalises is normalised: the `.tmp_<arch>_XXXXXX` staging directory, the MOK
 key generation line (printed only by the first build in a fresh tree), openssl's non-critical
@@ -20,19 +20,21 @@ ARCH = platform.machine()
 MOK_KEY = "/var/lib/dkms/mok.key"
 MOK_CERT = "/var/lib/dkms/mok.pub"
 
-# Debian 12's kernels do not compress modules (CONFIG_MODULE_COMPRESS_NONE=y) and only their
-# headers are installed here, so dkms finds no *.ko.{gz,xz,zst} under /lib/modules/K: plain .ko.
-MODULE_SUFFIX = ".ko"
-
 _DROPPED_OUTPUT_LINES = (
-    re.compile(r"^Certificate or key are missing, generating self signed certificate for MOK\.\.\.$"),
+    re.compile(
+        r"^Certificate or key are missing, generating self signed certificate for MOK\.\.\.$"
+    ),
     re.compile(r"^At main\.c:"),
     re.compile(r"^- SSL error:"),
 )
 
 
 def dest_dir(kver: str) -> str:
-    """Where dkms installs on Debian, whatever DEST_MODULE_LOCATION says."""
+    """Where dkms installs on Debian, whatever DEST_MODULE_LOCATION says.
+
+    Module files are plain `.ko` throughout: Debian 12's kernels do not compress modules, and with
+    only their headers installed dkms finds no *.ko.{gz,xz,zst} under /lib/modules/K to copy the
+    suffix from."""
     return f"/lib/modules/{kver}/updates/dkms"
 
 
@@ -57,6 +59,13 @@ def signing_prologue(kver: str) -> str:
 
 def signing_message(module: str, version: str, ko: str | None = None) -> str:
     return f"Signing module /var/lib/dkms/{module}/{version}/build/{ko or module}.ko"
+
+
+def created(module: str, version: str = "1.0") -> str:
+    """What add prints once it has registered /usr/src/<module>-<version>."""
+    return (
+        f"Creating symlink /var/lib/dkms/{module}/{version}/source -> /usr/src/{module}-{version}\n"
+    )
 
 
 def default_make(module: str, version: str, kver: str) -> str:
@@ -95,7 +104,7 @@ _MAKE_LOG_DROPPED_AFTER_PATHS = (
 
 
 def normalize_make_log(text: str) -> str:
-    """A line-for-line port of run_test.sh's generalize_make_log (a sed script, applied in order)."""
+    """A line-for-line port of run_test.sh's generalize_make_log (a sed script, in order)."""
     out = []
     for number, line in enumerate(text.split("\n"), start=1):
         if number == 2:

@@ -1,15 +1,16 @@
 """Run `dkms` for real without touching the host.
 
 Every command runs in a private mount namespace (`unshare --mount --propagation private`) in which
-/etc, /var/lib, /usr/src and /lib/modules are overlayfs mounts over the host's own directories. The
-upper layers live under the test's tmp_path, so state persists from one `Sandbox.run` to the next
-within a test, while the host's trees are only ever read: nothing a test does reaches the host's
-/var/lib/dkms, /usr/src, /lib/modules or /etc. Kernel headers, compilers, make, depmod, modinfo,
-sign-file and openssl are the host's real ones.
+/etc, /var/lib, /usr/src, /lib/modules, /var/log and /boot are overlayfs mounts over the host's
+own directories. The upper layers live under the test's tmp_path, so state persists from one
+`Sandbox.run` to the next within a test, while the host's trees are only ever read: nothing a test
+does reaches the host's /var/lib/dkms, /usr/src, /lib/modules, /etc, /var/log or /boot. Kernel
+headers, compilers, make, depmod, modinfo, sign-file and openssl are the host's real ones.
 
 The sandbox starts out as a host on which dkms was just installed: an empty /var/lib/dkms and an
-/etc/dkms/framework.conf.d/, whatever the host itself holds there (host content in those two
-directories and in /lib/modules/*/updates is hidden with opaque overlay directories).
+/etc/dkms/framework.conf.d/, whatever the host itself holds there, and no dkmshooks state, config
+or rebuild log (host content in those directories and in /lib/modules/*/updates is hidden with
+opaque overlay directories).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ OVERLAYS = (
     ("var-lib", "/var/lib"),
     ("usr-src", "/usr/src"),
     ("lib-modules", "/lib/modules"),
+    # dkms autoinstall/kernel_* append to dkmshooks's rebuild log; the engine reads /boot.
+    ("var-log", "/var/log"),
+    ("boot", "/boot"),
 )
 
 # The wrapper's own failure, told apart from whatever the wrapped command returns.
@@ -111,6 +115,10 @@ class Sandbox:
     def _seed(self) -> None:
         self._opaque_dir("/var/lib/dkms")
         self._opaque_dir("/etc/dkms")
+        # dkmshooks's own state, config and log start out empty too.
+        self._opaque_dir("/var/lib/dkmshooks")
+        self._opaque_dir("/etc/dkmshooks")
+        self._opaque_dir("/var/log/dkmshooks")
         conf = self.upper_dir(TRY_SIGN_MODULES_CONF)
         conf.parent.mkdir(parents=True, exist_ok=True)
         conf.write_text("try_sign_modules=true\n")
@@ -132,8 +140,17 @@ class Sandbox:
         """Run argv inside the sandbox; stdout and stderr share one pipe."""
         full_env = {**self.base_env, **(env or {})}
         proc = subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", self._wrapper,
-             "dkms-sandbox", *argv],
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                self._wrapper,
+                "dkms-sandbox",
+                *argv,
+            ],
             input=None if input is None else input.encode(),
             stdin=subprocess.DEVNULL if input is None else None,
             stdout=subprocess.PIPE,
@@ -210,7 +227,18 @@ class Sandbox:
         if not self.exists(path):
             return []
         listing = self.check(
-            ["find", path, "(", "-type", "d", "-printf", "d %m %p\\n", ")", "-o",
-             "-printf", "%y %m %s %p %l\\n"]
+            [
+                "find",
+                path,
+                "(",
+                "-type",
+                "d",
+                "-printf",
+                "d %m %p\\n",
+                ")",
+                "-o",
+                "-printf",
+                "%y %m %s %p %l\\n",
+            ]
         )
         return sorted(listing.splitlines())

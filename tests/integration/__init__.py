@@ -1,0 +1,1 @@
+"""Integration tier: real kernel headers, real toolchain, dkms in a mount-namespace sandbox."""
