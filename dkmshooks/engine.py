@@ -249,6 +249,7 @@ def dkms_autoinstall(session: Session, kver: str, arch: str, *, log: LogSink | N
         console.echo("Automatic installation of modules has been disabled.")
         return 0
     plan = plan_kernel(session, kver, arch)
+    session.repair_depmod_all(kver, arch)  # a run killed before its depmod (issue #9)
     for mv in plan.broken:
         console.error(
             f"{mv} is broken! Missing the source directory or the symbolic link pointing to it.",
@@ -266,6 +267,8 @@ def dkms_autoinstall(session: Session, kver: str, arch: str, *, log: LogSink | N
         print_error(console, exc)
         failed.append(f"{module}({exc.code})")
     to_install = list(plan.candidates)
+    if not to_install and not failed:
+        return 0  # dkms prints nothing at all when there is nothing to do
     depends = {c.module: list(c.depends) for c in to_install}
     budget = _budget(session, None)
     prologue_done = session.prepared_kernel == f"{kver}/{arch}"

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import initramfs, state
+from . import initramfs, janitor, state
 from .config import Config, load_config, log_path_for
 from .console import note
 from .engine import (
@@ -24,7 +24,7 @@ from .engine import (
     run_tasks,
 )
 from .errors import DkmsError
-from .locking import TreeLock
+from .locking import TreeLock, lock_timeout
 from .status import Session
 from .trigger import Trigger
 
@@ -64,7 +64,8 @@ def run_trigger(trigger: Trigger, environ: Mapping[str, str]) -> int:
         config = Config()
     log = LogSink(log_path_for(layout, config), trigger.source, trigger.transaction)
     run = HookRun(session, trigger, config, log, os.uname().machine)
-    with TreeLock(layout.lock_path, say=note):
+    with TreeLock(layout.lock_path, say=note, timeout=lock_timeout(environ)):
+        janitor.sweep(layout)  # what runs killed earlier left (issue #9)
         for event in trigger.kernels:
             kver = event.kver
             if event.event == "image-removed":
@@ -126,6 +127,7 @@ def add_kernel(run: HookRun, kver: str, *, only: Sequence[str] = ()) -> None:
         )
         run.failures.append(f"{module}/{version} ({kver})")
     candidates = [c for c in plan.candidates if not run.config.module(c.module).skip]
+    fork(session, BufferConsole()).repair_depmod_all(kver, run.arch)  # after a crash (#9)
     if not candidates:
         if not only:
             state.mark_transaction(layout, trigger.transaction, kver, readiness)
@@ -206,8 +208,8 @@ def _build_and_install(run: HookRun, kver: str, candidates: Sequence[Candidate])
         rc = quiet.depmod(kver)
         if rc != 0:
             note(f"{kver}: depmod failed (status {rc}); run `depmod -a {kver}` to see why")
-    if all(c.module in ok for c in candidates):
-        state.clear_pending(run.layout, kver)
+    # headers and image are both here now: nothing is pending any more (failures are in the log)
+    state.clear_pending(run.layout, kver)
     installed = [c for c in candidates if c.module in ok]
     if installed:
         _maybe_regenerate_initramfs(run, kver, installed, before)
@@ -290,7 +292,8 @@ def _run_rounds(
 
         def start(task: TaskRun) -> None:
             c = task.candidate
-            verb = "building and installing" if install else "building"
+            built = session.tree.is_built(c.module, c.version, kver, arch)
+            verb = ("installing" if built else "building and installing") if install else "building"
             note(f"{kver}: {verb} {c.module}/{c.version}...")
 
         def end(task: TaskRun, action: str = action) -> None:
@@ -371,14 +374,15 @@ def _maybe_regenerate_initramfs(
     if before is None:
         return  # no initramfs yet: the generator's own hook will include the modules
     policies = {c.module: config.module(c.module).initramfs or config.initramfs for c in installed}
-    if all(p == "never" for p in policies.values()):
+    installed = [c for c in installed if policies[c.module] != "never"]
+    if not installed:
         return
     names: set[str] = set()
     for c in installed:
         mdir = layout.built_dir(c.module, c.version, kver, run.arch) / "module"
         for f in mdir.glob("*.ko*"):
             names.add(f.name.split(".ko", 1)[0])
-    wanted = any(p == "always" for p in policies.values())
+    wanted = any(policies[c.module] == "always" for c in installed)
     if not wanted:
         configured = initramfs.configured_modules(layout)
         wanted = bool({n.replace("-", "_") for n in names} & configured)
