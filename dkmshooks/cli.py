@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
@@ -11,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import DKMS_RELEASE_STRING, faults, run
+from . import DKMS_RELEASE_STRING, faults, janitor, run
 from .console import Console
 from .errors import DkmsError, SilentExit
 from .framework import Settings, load_post_transaction, load_settings
@@ -22,7 +23,7 @@ from .tree import Tree
 from .versions import natural_key
 
 ACTION_RE = re.compile(
-    r"^(remove|(auto|un)?install|match|mktarball|(un)?build|add|status|ldtarball|generate_mok|"
+    r"^(remove|(auto|un)?install|match|mktarball|(un)?build|add|status|ldtarball|generate_mok|list|config|"
     r"kernel_(preinst|postinst|prerm))$"
 )
 _MV_RE = re.compile(r"^([^/]*)/(.*)$", re.DOTALL)
@@ -41,6 +42,7 @@ Usage: {prog} [action] [options]
               [--binaries-only] [--source-only] [--verbose]
               [--no-depmod] [--modprobe-on-install] [-j number] [--version] [--help]
 """
+# Beyond dkms 3.4 (not in its usage text, which scripts compare): `status --json`, `list`, `config`.
 
 
 @dataclass
@@ -80,18 +82,7 @@ class Args:
     deprecated: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     second_action: bool = False
-
-
-_VALUE_OPTIONS: list[tuple[str, bool, str]] = [
-    # (pattern, is_prefix, field); order matters, as in dkms's case statement
-    ("--module", True, "module*"),
-    ("-m", False, "module*"),
-    ("-v", False, "version"),
-    ("--kernelver", True, "kernel*"),
-    ("-k", False, "kernel*"),
-    ("--templatekernel", True, "template_kernel"),
-    ("-c", False, "conf"),
-]
+    json: bool = False
 
 
 def parse_args(argv: Sequence[str]) -> Args:
@@ -173,6 +164,8 @@ def parse_args(argv: Sequence[str]) -> Args:
             args.kernel_source_dir = value(arg)
         elif arg.startswith("--directive"):
             args.directives.append(value(arg))
+        elif arg == "--json":
+            args.json = True
         elif arg == "--no-depmod":
             args.no_depmod = True
         elif arg == "--modprobe-on-install":
@@ -428,9 +421,10 @@ def dkms(argv: Sequence[str], environ: Mapping[str, str], prog: str = "dkms") ->
     pairs = _kernel_arch_list(session, args, action)
     if action in MUTATING_ACTIONS and os.geteuid() == 0:
         from .console import note
-        from .locking import TreeLock
+        from .locking import TreeLock, lock_timeout
 
-        with TreeLock(session.layout.lock_path, say=note):
+        with TreeLock(session.layout.lock_path, say=note, timeout=lock_timeout(environ)):
+            janitor.sweep(session.layout)  # what runs killed earlier left (issue #9)
             return _dispatch(session, args, action, pairs, prog)
     return _dispatch(session, args, action, pairs, prog)
 
@@ -526,7 +520,17 @@ def _dispatch(
             _post_transaction(session, pairs[0][0] if pairs else "")
         return rc
     if action == "status":
-        session.show_status(module, version, pairs)
+        session.show_status(module, version, pairs, as_json=args.json)
+        return 0
+    if action == "list":
+        session.show_list(module, as_json=args.json)
+        return 0
+    if action == "config":
+        check_module_args("config", module, version)
+        session.module_is_broken_and_die(module, version)
+        session.module_is_added_or_die(module, version)
+        kver, arch = pairs[0]
+        session.show_config(module, version, kver, arch, as_json=args.json)
         return 0
     if action in (
         "autoinstall",
@@ -566,12 +570,31 @@ def _boundary(fn: object, *fargs: object) -> int:
         return 130
     except BrokenPipeError:
         return 141
-    except Exception:
-        console.write_err(traceback.format_exc())
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            return _internal_error(console)
+        # the machine, not dkmshooks: say which file and why, without a bug report's traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        console.error(f"{exc.strerror}{where}.")
         console.echo_err(
-            "dkmshooks: internal error. This is a bug; please report it with the output above."
+            "dkmshooks: the command stopped part way; free space or fix the file system and run "
+            "it again: it picks up where it stopped."
         )
-        return 70
+        return 1
+    except Exception:
+        return _internal_error(console)
+
+
+# Errors of the machine rather than of dkmshooks (issue #9).
+_ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+
+
+def _internal_error(console: Console) -> int:
+    console.write_err(traceback.format_exc())
+    console.echo_err(
+        "dkmshooks: internal error. This is a bug; please report it with the output above."
+    )
+    return 70
 
 
 def dkms_main() -> None:

@@ -577,7 +577,7 @@ class LogSink:
                     for r in self.records
                 ],
             )
-        except (ImportError, OSError) as exc:
+        except (ImportError, OSError, ValueError) as exc:
             if console is not None:
                 console.write_err(
                     f"dkmshooks: could not write the rebuild log {self.path}: {exc}\n"

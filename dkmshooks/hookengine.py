@@ -38,6 +38,8 @@ class HookRun:
     arch: str
     failures: list[str] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
+    #: (module, kernel) pairs already attempted in this trigger: a failure is not retried
+    attempted: set[tuple[str, str]] = field(default_factory=set)
 
     @property
     def layout(self):  # type: ignore[no-untyped-def]
@@ -45,6 +47,9 @@ class HookRun:
 
 
 def headers_package(trigger: Trigger, kver: str, distro: str) -> str:
+    per_kernel = trigger.extra.get(f"headers_hint:{kver}")
+    if per_kernel:
+        return per_kernel
     if trigger.headers_package_hint:
         return trigger.headers_package_hint
     if distro.startswith(("fedora", "rhel", "centos")):
@@ -78,6 +83,7 @@ def run_trigger(trigger: Trigger, environ: Mapping[str, str]) -> int:
                 add_kernel(run, kver)
         for mev in trigger.modules:
             if mev.event == "added":
+                register_module(run, mev.module, mev.version)
                 for kver in installed_kernels(session):
                     add_kernel(run, kver, only=(mev.module,))
             else:
@@ -126,7 +132,11 @@ def add_kernel(run: HookRun, kver: str, *, only: Sequence[str] = ()) -> None:
             module, version, kver, run.arch, "install", "failed", rc=exc.code, message=message
         )
         run.failures.append(f"{module}/{version} ({kver})")
-    candidates = [c for c in plan.candidates if not run.config.module(c.module).skip]
+    candidates = [
+        c
+        for c in plan.candidates
+        if not run.config.module(c.module).skip and (c.module, kver) not in run.attempted
+    ]
     fork(session, BufferConsole()).repair_depmod_all(kver, run.arch)  # after a crash (#9)
     if not candidates:
         if not only:
@@ -282,6 +292,7 @@ def _run_rounds(
                     run.failures.append(f"{c.module}/{c.version} ({kver})")
             break
         tasks = [TaskRun(c, True) for c in ready]
+        run.attempted.update((c.module, kver) for c in ready)
         action = "install" if install else "build"
 
         def work(sub: Session, cand: Candidate) -> None:
@@ -466,6 +477,21 @@ def remove_kernel(run: HookRun, kver: str, *, preinst: bool) -> None:
     if removed:
         what = "to rebuild after the upgrade" if preinst else "for the removed kernel"
         note(f"{kver}: removed {removed} module(s) {what}")
+
+
+def register_module(run: HookRun, module: str, version: str) -> None:
+    """A module source that arrived without `dkms add` (Arch, rpm without scriptlets)."""
+    session = run.session
+    if not module or not version or session.tree.is_added(module, version):
+        return
+    if not session.layout.module_source(module, version).is_dir():
+        return
+    try:
+        fork(session, BufferConsole()).add_module(module, version, os.uname().release, run.arch)
+        note(f"{module}/{version}: registered")
+    except DkmsError as exc:
+        note(f"{module}/{version}: cannot register: {' '.join(exc.lines)}")
+        run.failures.append(f"{module}/{version}")
 
 
 def remove_module_everywhere(run: HookRun, module: str, version: str) -> None:

@@ -20,6 +20,11 @@ mapfile -t kernels < <(grep -Ev '^[[:space:]]*(#|$)' scripts/kernels.txt)
 # kmod: depmod/modinfo; openssl: module signing keys; patch: PATCH[]; xz-utils/zstd: compressed
 # modules; cpio: initramfs tests; bc: kbuild of the 6.1 headers runs it.
 packages=(python3 python3-venv python3-pip make gcc bc kmod openssl patch xz-utils zstd cpio shellcheck)
+# pacman e2e: the real pacman and makepkg; makepkg needs bsdtar and does not depend on it.
+packages+=(pacman-package-manager makepkg libarchive-tools)
+# dnf/kernel-install e2e: dnf 4 and its Python binding (the dnf4 plugin), rpm (with rpmbuild),
+# createrepo_c; systemd provides kernel-install.
+packages+=(dnf python3-dnf rpm createrepo-c systemd)
 for k in "${kernels[@]}"; do
     packages+=("linux-headers-$k")
 done
