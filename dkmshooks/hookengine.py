@@ -40,6 +40,8 @@ class HookRun:
     lines: list[str] = field(default_factory=list)
     #: (module, kernel) pairs already attempted in this trigger: a failure is not retried
     attempted: set[tuple[str, str]] = field(default_factory=set)
+    #: the kernel being handled waited for its headers: its initramfs was made without us
+    was_pending_no_headers: bool = False
 
     @property
     def layout(self):  # type: ignore[no-untyped-def]
@@ -52,7 +54,7 @@ def headers_package(trigger: Trigger, kver: str, distro: str) -> str:
         return per_kernel
     if trigger.headers_package_hint:
         return trigger.headers_package_hint
-    if distro.startswith(("fedora", "rhel", "centos")):
+    if distro.startswith(("fedora", "rhel", "centos", "rocky", "alma", "ol")):
         return f"kernel-devel-{kver}"
     if distro.startswith("arch"):
         return "the headers package of this kernel (e.g. linux-headers)"
@@ -60,7 +62,12 @@ def headers_package(trigger: Trigger, kver: str, distro: str) -> str:
 
 
 def run_trigger(trigger: Trigger, environ: Mapping[str, str]) -> int:
-    session = hook_session(environ)
+    try:
+        session = hook_session(environ)
+    except DkmsError as exc:
+        # a hook must not fail the package transaction over our own setup problem
+        note(f"{' '.join(exc.lines)}; nothing was rebuilt")
+        return 0
     layout = session.layout
     try:
         config = load_config(layout)
@@ -144,6 +151,8 @@ def add_kernel(run: HookRun, kver: str, *, only: Sequence[str] = ()) -> None:
             state.clear_pending(layout, kver)
         return
     hint = headers_package(trigger, kver, session.settings.distro)
+    pending = state.read_pending(layout, kver)
+    run.was_pending_no_headers = bool(pending and pending.get("reason") == "no-headers")
     if not headers:
         _defer_without_headers(run, kver, candidates, image, hint)
     elif not image:
@@ -393,7 +402,8 @@ def _maybe_regenerate_initramfs(
         mdir = layout.built_dir(c.module, c.version, kver, run.arch) / "module"
         for f in mdir.glob("*.ko*"):
             names.add(f.name.split(".ko", 1)[0])
-    wanted = any(policies[c.module] == "always" for c in installed)
+    # modules that waited for headers missed the initramfs the kernel package generated
+    wanted = run.was_pending_no_headers or any(policies[c.module] == "always" for c in installed)
     if not wanted:
         configured = initramfs.configured_modules(layout)
         wanted = bool({n.replace("-", "_") for n in names} & configured)

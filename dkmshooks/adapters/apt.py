@@ -1,0 +1,415 @@
+"""apt/dpkg adapter: the /etc/kernel/*.d hook calls of Debian and Ubuntu kernel packages → one
+`Trigger`, and one transaction id for all hook calls of one apt run.
+
+What dpkg runs (Debian 12's linux-image-K and linux-headers-K maintainer scripts, checked in the
+packages themselves; reference/distro-hooks.md §1), always `run-parts --exit-on-error --arg=K
+[--arg=/boot/vmlinuz-K]` with DEB_MAINT_PARAMS set to the maintainer script's own arguments:
+
+    hook dir           run by                    DEB_MAINT_PARAMS        → event
+    preinst.d          image preinst             install [OLD]           → nothing (fresh kernel)
+                                                 upgrade OLD NEW         → image-preinst
+    postinst.d         image postinst            configure OLD           → image-added
+    header_postinst.d  headers postinst (perl)   (unset; any postinst)   → headers-added
+    prerm.d            image prerm               remove                  → image-removed
+    postrm.d           image postrm              remove, purge           → image-removed
+                                                 upgrade, abort-*, …     → nothing
+
+Why these and not more:
+- preinst `upgrade` is the same kernel release being replaced (the release is part of the package
+  name), i.e. an ABI-stable upgrade or `--reinstall`: modules built for K may no longer match it,
+  so the engine unbuilds them and the postinst `configure` that follows rebuilds them (Debian
+  #1034013; dkms's kernel_preinst). A fresh `install` has nothing stale.
+- prerm.d runs only for `remove` (the image prerm exits early otherwise), so an upgrade never
+  uninstalls anything; if another template ever passes `upgrade` here we still ignore it: the
+  preinst of the new package already invalidated the builds, and uninstalling on upgrade would
+  leave the old kernel without its modules if the upgrade is then aborted.
+- postrm.d runs for every postrm call, including the old package's `upgrade` after the new files
+  were unpacked; only `remove`/`purge` mean the kernel is gone. The engine's second
+  image-removed is a no-op after prerm's; it exists so that nothing of ours is left when the
+  image's own postrm purges the depmod files and removes /lib/modules/K.
+- header_postinst.d gets only `$1` and no DEB_MAINT_PARAMS on Debian (the perl template runs it on
+  every postinst call); Ubuntu and linux-base's linux-run-hooks pass `configure …`. Unset or
+  `configure` both mean "the headers are there", which the engine may see twice at no cost.
+- An empty DEB_MAINT_PARAMS elsewhere (a manual `run-parts`, old kernel-package images) means
+  "not told otherwise", as for initramfs-tools' own hook; postrm.d alone needs an explicit
+  `remove`/`purge`.
+- Ubuntu defers postinst.d to the `linux-update-K` dpkg trigger, but the saved command carries
+  DEB_MAINT_PARAMS as it was at configure time, so the table holds; the difference is only the
+  order (headers hook first), which the engine's ordering rules cover. Ubuntu's other
+  differences are facts the engine reads itself: System.map and config come with linux-modules-K
+  (its image_ready), modules are signed with kmodsign (its signing).
+- postinst.d runs `dkmshooks` before `initramfs-tools`/`dracut` (run-parts' C-locale order), and
+  those rebuild K's initramfs on `configure`: the trigger says so (extra initramfs_follows=1) and
+  the engine does not generate it a second time.
+
+Transactions: `DPkg::Pre-Invoke` (hooks/apt/apt.conf) runs `dkmshooks hook apt pre-invoke`, which
+records a fresh id with the apt process's pid and start time in the state dir; every hook call
+whose ancestors include that process uses the id; `DPkg::Post-Invoke` removes the record. Without
+apt (`dpkg -i`), or when a killed apt left a stale record, the id is derived from the nearest
+`dpkg` ancestor's pid and start time, which all hook calls of one dpkg run share.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dkmshooks.console import note
+from dkmshooks.errors import DkmsError, UsageError
+from dkmshooks.fsutil import write_atomic
+from dkmshooks.layout import Layout
+from dkmshooks.trigger import KernelEvent, Trigger, new_transaction_id
+
+HOOK_KINDS = ("preinst", "postinst", "header_postinst", "prerm", "postrm")
+APT_KINDS = ("pre-invoke", "post-invoke")
+
+#: Overrides the transaction id of a hook call (scripts that drive dpkg themselves, tests).
+TRANSACTION_VAR = "DKMSHOOKS_TRANSACTION"
+TRANSACTION_FILE = "apt-transaction"
+TRANSACTION_SCHEMA = 1
+
+# APT runs its DPkg::*-Invoke commands through `/bin/sh -c`.
+_SHELLS = frozenset({"sh", "dash", "bash", "busybox"})
+
+USAGE = """\
+Usage: dkmshooks hook apt KIND KERNEL-RELEASE [IMAGE-PATH]
+       dkmshooks hook apt pre-invoke | post-invoke
+KIND is the /etc/kernel/KIND.d directory whose hook calls this: preinst, postinst,
+header_postinst, prerm or postrm. DEB_MAINT_PARAMS is read from the environment.
+pre-invoke and post-invoke are APT's DPkg::Pre-Invoke and DPkg::Post-Invoke hooks.
+"""
+
+
+# -- hook calls → Trigger ------------------------------------------------------------------------
+
+
+def parse_maint_params(value: str) -> tuple[str, ...]:
+    """DEB_MAINT_PARAMS is "$*" of the maintainer script, possibly single-quoted (Debian Kernel
+    Handbook 8.1 says to `eval set --` it)."""
+    try:
+        return tuple(shlex.split(value))
+    except ValueError:
+        return tuple(value.split())
+
+
+def _event(kind: str, params: Sequence[str]) -> str | None:
+    action = params[0] if params else ""
+    if kind == "preinst":
+        return "image-preinst" if action == "upgrade" else None
+    if kind == "postinst":
+        return "image-added" if action in ("", "configure") else None
+    if kind == "header_postinst":
+        return "headers-added" if action in ("", "configure") else None
+    if kind == "prerm":
+        return "image-removed" if action in ("", "remove") else None
+    # postrm
+    return "image-removed" if action in ("remove", "purge") else None
+
+
+def trigger_from_hook(
+    hook_dir_kind: str,
+    args: Sequence[str],
+    environ: Mapping[str, str],
+    *,
+    transaction: str = "",
+    initramfs_follows: bool = False,
+) -> Trigger | None:
+    """The Trigger for one call of /etc/kernel/<hook_dir_kind>.d/dkmshooks with `args` ($1 = the
+    kernel release, $2 = the image path, both as dpkg passes them); None when there is nothing to
+    do. The transaction id is `transaction`, else $DKMSHOOKS_TRANSACTION, else a fresh one.
+    `initramfs_follows`: an initramfs generator's hook runs after ours in this directory (see
+    `initramfs_follows()`), so the engine need not regenerate the initramfs itself."""
+    if hook_dir_kind not in HOOK_KINDS:
+        raise UsageError(f"unknown apt hook kind {hook_dir_kind!r}", hint=USAGE.rstrip(), code=2)
+    if not args or not args[0]:
+        raise UsageError(
+            f"the {hook_dir_kind}.d hook needs the kernel release as its first argument", code=2
+        )
+    kver = args[0]
+    raw_params = environ.get("DEB_MAINT_PARAMS", "")
+    event = _event(hook_dir_kind, parse_maint_params(raw_params))
+    if event is None:
+        return None
+    try:
+        kernel = KernelEvent(kver, event)
+    except ValueError as exc:
+        raise UsageError(f"{hook_dir_kind}.d hook: {exc}", code=2) from exc
+    extra = {"hook": f"{hook_dir_kind}.d", "deb_maint_params": raw_params.strip()}
+    if len(args) > 1 and args[1]:
+        extra["image"] = args[1]
+    package = environ.get("DPKG_MAINTSCRIPT_PACKAGE", "")
+    if package:
+        extra["package"] = package
+    if initramfs_follows:
+        extra["initramfs_follows"] = "1"
+    return Trigger(
+        source="apt",
+        transaction=transaction or environ.get(TRANSACTION_VAR) or new_transaction_id(),
+        kernels=(kernel,),
+        headers_package_hint=f"linux-headers-{kver}",
+        extra=extra,
+    )
+
+
+# initramfs generators whose /etc/kernel/postinst.d hook (re)creates K's initramfs on `configure`,
+# after ours: run-parts runs the directory in C-locale order and "dkmshooks" sorts first.
+_INITRAMFS_HOOKS = ("dracut", "initramfs-tools")
+
+
+def initramfs_follows(layout: Layout, environ: Mapping[str, str]) -> bool:
+    """Whether the postinst.d run that called us goes on to build K's initramfs. initramfs-tools'
+    hook skips kernels with INITRD=No (set by old kernel-package images)."""
+    if environ.get("INITRD") == "No":
+        return False
+    hooks = layout.under("/etc/kernel/postinst.d")
+    return any(os.access(hooks / name, os.X_OK) for name in _INITRAMFS_HOOKS)
+
+
+# -- transactions ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Process:
+    pid: int
+    ppid: int
+    comm: str
+    start: int  # clock ticks after boot (/proc/PID/stat field 22): with the pid, unique for a boot
+
+
+def read_process(pid: int, proc: Path = Path("/proc")) -> Process | None:
+    try:
+        stat = (proc / str(pid) / "stat").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    # comm is in parentheses and may itself contain spaces and parentheses.
+    head, _, tail = stat.rpartition(")")
+    _, _, comm = head.partition("(")
+    fields = tail.split()
+    try:
+        return Process(pid=pid, ppid=int(fields[1]), comm=comm, start=int(fields[19]))
+    except (IndexError, ValueError):
+        return None
+
+
+def ancestors(pid: int, proc: Path = Path("/proc")) -> list[Process]:
+    """pid's parent, its parent, … up to (not including) pid 0."""
+    chain: list[Process] = []
+    current = read_process(pid, proc)
+    seen = {pid}
+    while current is not None and current.ppid > 0 and current.ppid not in seen:
+        seen.add(current.ppid)
+        current = read_process(current.ppid, proc)
+        if current is not None:
+            chain.append(current)
+    return chain
+
+
+def _boot_time(proc: Path) -> float:
+    try:
+        for line in (proc / "stat").read_text(encoding="utf-8").splitlines():
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
+
+
+def _stamp(seconds: float) -> str:
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(seconds))
+
+
+def transaction_path(layout: Layout) -> Path:
+    return layout.state_dir / TRANSACTION_FILE
+
+
+@dataclass(frozen=True)
+class AptTransaction:
+    id: str
+    pid: int
+    start: int
+
+    def is_process(self, process: Process) -> bool:
+        return self.pid == process.pid and self.start == process.start
+
+
+def read_transaction(layout: Layout) -> AptTransaction | None:
+    try:
+        data = json.loads(transaction_path(layout).read_text(encoding="utf-8"))
+        if data.get("schema") != TRANSACTION_SCHEMA:
+            return None
+        return AptTransaction(id=str(data["id"]), pid=int(data["pid"]), start=int(data["start"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def find_apt_process(pid: int, proc: Path = Path("/proc")) -> Process | None:
+    """The apt front end that runs this DPkg::*-Invoke command and then dpkg: the first non-shell
+    ancestor, or rather the process it was forked from: apt runs the command's `sh -c` from a
+    forked child of itself (same comm), while dpkg is a child of apt proper."""
+    chain = ancestors(pid, proc)
+    for index, process in enumerate(chain):
+        if process.comm in _SHELLS:
+            continue
+        for parent in chain[index + 1 :]:
+            if parent.comm != process.comm:
+                break
+            process = parent
+        return process
+    return None
+
+
+def begin_transaction(
+    layout: Layout, *, pid: int | None = None, proc: Path = Path("/proc"), now: float | None = None
+) -> AptTransaction | None:
+    """DPkg::Pre-Invoke: record a fresh id for this apt run (one per dpkg invocation batch)."""
+    apt = find_apt_process(os.getpid() if pid is None else pid, proc)
+    if apt is None:
+        return None
+    # The same shape as trigger.new_transaction_id(): `dkmshooks log` shows the first 8 chars.
+    stamp = _stamp(time.time() if now is None else now)
+    record = AptTransaction(id=f"{uuid.uuid4().hex[:8]}-{stamp}", pid=apt.pid, start=apt.start)
+    data = {"schema": TRANSACTION_SCHEMA, "id": record.id, "pid": record.pid}
+    data.update(start=record.start, comm=apt.comm)
+    write_atomic(transaction_path(layout), json.dumps(data, sort_keys=True) + "\n")
+    return record
+
+
+def end_transaction(layout: Layout, *, pid: int | None = None, proc: Path = Path("/proc")) -> bool:
+    """DPkg::Post-Invoke: drop the record if it is this apt run's, or its apt is gone."""
+    record = read_transaction(layout)
+    path = transaction_path(layout)
+    if record is None:
+        if path.exists():
+            path.unlink(missing_ok=True)  # unreadable or another schema: useless to anyone
+            return True
+        return False
+    chain = ancestors(os.getpid() if pid is None else pid, proc)
+    owner = read_process(record.pid, proc)
+    if any(record.is_process(p) for p in chain) or owner is None or owner.start != record.start:
+        path.unlink(missing_ok=True)
+        return True
+    return False
+
+
+def current_transaction(
+    layout: Layout,
+    environ: Mapping[str, str],
+    *,
+    pid: int | None = None,
+    proc: Path = Path("/proc"),
+) -> str:
+    """The id shared by every hook call of this apt run (or dpkg run, without apt)."""
+    forced = environ.get(TRANSACTION_VAR)
+    if forced:
+        return forced
+    chain = ancestors(os.getpid() if pid is None else pid, proc)
+    record = read_transaction(layout)
+    if record is not None and any(record.is_process(p) for p in chain):
+        return record.id
+    for process in chain:
+        if process.comm == "dpkg":
+            return dpkg_transaction(process, proc)
+    return new_transaction_id()
+
+
+def dpkg_transaction(dpkg: Process, proc: Path = Path("/proc")) -> str:
+    """The id of a dpkg run without apt: what every hook call of it computes alike, in the shape
+    of trigger.new_transaction_id() (distinct first 8 chars, then when dpkg started)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    started = _boot_time(proc) + dpkg.start / ticks
+    digest = hashlib.sha256(f"dpkg {dpkg.pid} {dpkg.start} {started}".encode()).hexdigest()
+    return f"{digest[:8]}-{_stamp(started)}"
+
+
+# -- the `dkmshooks hook apt` command -------------------------------------------------------------
+
+
+def _is_strict(layout: Layout) -> bool:
+    from dkmshooks.config import load_config
+
+    try:
+        return load_config(layout).strict
+    except DkmsError:
+        return False
+
+
+def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(USAGE)
+        return 0 if argv else 2
+    kind, args = argv[0], argv[1:]
+    layout = Layout(root=Path(environ.get("DKMSHOOKS_ROOT") or "/"))
+    if kind in APT_KINDS:
+        # Never fail apt over bookkeeping: a missing id only splits one apt run into dpkg runs.
+        try:
+            if kind == "pre-invoke":
+                begin_transaction(layout)
+            else:
+                end_transaction(layout)
+        except OSError as exc:
+            note(f"apt {kind}: cannot update {transaction_path(layout)}: {exc.strerror}")
+        return 0
+    try:
+        trigger = trigger_from_hook(
+            kind,
+            args,
+            environ,
+            transaction=current_transaction(layout, environ),
+            initramfs_follows=kind == "postinst" and initramfs_follows(layout, environ),
+        )
+    except UsageError as exc:
+        note(" ".join(exc.lines))
+        if exc.hint:
+            sys.stderr.write(exc.hint + "\n")
+        return exc.code
+    if trigger is None:
+        return 0
+    from dkmshooks.engine import handle_trigger
+
+    # The failure policy (DESIGN.md) holds even when the engine cannot run at all: the kernel
+    # package stays configured unless the admin asked for strictness.
+    try:
+        return handle_trigger(trigger, environ)
+    except DkmsError as exc:
+        note(f"{kind}.d hook for {args[0]}: {' '.join(exc.lines)}")
+        if exc.hint:
+            note(exc.hint)
+    except Exception:
+        sys.stderr.write(traceback.format_exc())
+        note(
+            f"internal error in the {kind}.d hook for {args[0]}; this is a bug, please report it "
+            "with the output above"
+        )
+    if _is_strict(layout):
+        note("strict = true in config.toml: failing the package")
+        return 1
+    note(f"nothing was done for {args[0]}; once fixed, run `dkms autoinstall -k {args[0]}`")
+    return 0
+
+
+__all__ = [
+    "HOOK_KINDS",
+    "TRANSACTION_VAR",
+    "AptTransaction",
+    "Process",
+    "ancestors",
+    "begin_transaction",
+    "current_transaction",
+    "dpkg_transaction",
+    "end_transaction",
+    "initramfs_follows",
+    "main",
+    "parse_maint_params",
+    "read_process",
+    "read_transaction",
+    "trigger_from_hook",
+]
