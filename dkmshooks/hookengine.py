@@ -84,9 +84,16 @@ def run_trigger(trigger: Trigger, environ: Mapping[str, str]) -> int:
                 remove_kernel(run, kver, preinst=False)
             elif event.event == "image-preinst":
                 remove_kernel(run, kver, preinst=True)
+                state.mark_transaction(
+                    layout, trigger.transaction, f"{kver}#preinst", {"seen": True}
+                )
             elif event.event == "headers-removed":
                 note(f"{kver}: headers removed; installed modules stay until the kernel goes")
             else:
+                if event.event == "image-added":
+                    state.mark_transaction(
+                        layout, trigger.transaction, f"{kver}#image-added", {"seen": True}
+                    )
                 add_kernel(run, kver)
         for mev in trigger.modules:
             if mev.event == "added":
@@ -391,6 +398,11 @@ def _maybe_regenerate_initramfs(
     layout, config = run.layout, run.config
     if run.trigger.extra.get("initramfs_follows") == "1":
         return
+    txn = run.trigger.transaction
+    if state.transaction_done(layout, txn, f"{kver}#preinst") and not state.transaction_done(
+        layout, txn, f"{kver}#image-added"
+    ):
+        return  # the image is being reinstalled in this transaction: its own hook regenerates
     if before is None:
         return  # no initramfs yet: the generator's own hook will include the modules
     policies = {c.module: config.module(c.module).initramfs or config.initramfs for c in installed}
