@@ -7,7 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
-from . import DKMS_RELEASE_STRING, fsutil, run
+from . import DKMS_RELEASE_STRING, faults, fsutil, run
 from .dkmsconf import DkmsConf
 from .errors import (
     AlreadyAddedError,
@@ -30,6 +30,8 @@ from .kernel import (
 )
 from .session import SessionBase, _mkdtemp6, check_module_args, check_name, require_root
 from .versions import natural_key
+
+BUILD_SPACE_MARGIN = 32 * 1024 * 1024
 
 
 class Builder(SessionBase):
@@ -121,6 +123,13 @@ class Builder(SessionBase):
         kernel_dir = layout.kernel_dir(module, version, kver)
         base_dir = layout.built_dir(module, version, kver, arch)
         build_log = build_dir / "make.log"
+        planted = fsutil.find_symlink(layout.dkms_tree, base_dir)
+        if planted is not None:
+            raise DkmsError(
+                f"{planted} is a symbolic link to {os.readlink(planted)}; refusing to build "
+                "through it.",
+                "Remove it, then build again.",
+            )
         if base_dir.is_dir():
             raise AlreadyAddedError(
                 f"This module/version has already been built on: {kver}",
@@ -167,9 +176,11 @@ class Builder(SessionBase):
                     "You may override by specifying --force.",
                 )
 
+        self.require_free_space(Path(os.path.realpath(source_dir)), build_dir)
         if build_dir.exists() or build_dir.is_symlink():
             fsutil.remove_tree(build_dir)
         fsutil.copy_tree(Path(os.path.realpath(source_dir)), build_dir)
+        faults.point("build.source_copied")
         etc_patches = layout.etc_dkms / module / "patches"
         if etc_patches.is_dir():
             fsutil.copy_tree_into(etc_patches, build_dir / "patches")
@@ -255,8 +266,10 @@ class Builder(SessionBase):
                 ),
             )
 
+        faults.point("build.made")
         for entry in conf.active_modules:
-            built = build_dir / f"{entry.built_location}{entry.built_name}.ko"
+            built = Path(f"{build_dir}/{entry.built_location}{entry.built_name}.ko")
+            self.require_inside_build_dir(built, build_dir)
             if not built.exists():
                 self.report_build_problem(
                     module,
@@ -271,6 +284,8 @@ class Builder(SessionBase):
                 )
 
         kernel_dir.mkdir(parents=True, exist_ok=True)
+        for stale in kernel_dir.glob(f".tmp_{arch}_*"):
+            fsutil.remove_tree(stale)  # a killed build's staging (we hold the tree lock)
         tmp_base = _mkdtemp6(kernel_dir, f".tmp_{arch}_")
         (tmp_base / "log").mkdir()
         (tmp_base / "module").mkdir()
@@ -281,7 +296,7 @@ class Builder(SessionBase):
         from .sign import sign_module
 
         for entry in conf.active_modules:
-            built = build_dir / f"{entry.built_location}{entry.built_name}.ko"
+            built = Path(f"{build_dir}/{entry.built_location}{entry.built_name}.ko")
             if not built.is_file():
                 self.console.warn(f"{built} has disappeared")
                 continue
@@ -303,8 +318,10 @@ class Builder(SessionBase):
                 )
         os.chmod(tmp_base, 0o755)
         fsutil.fsync_tree(tmp_base)
+        faults.point("build.staged")
         os.rename(tmp_base, base_dir)
         fsutil.fsync_dir(kernel_dir)
+        faults.point("build.renamed")
 
         self.run_script(
             "post_build",
@@ -326,6 +343,52 @@ class Builder(SessionBase):
                 dep_version = self.latest_registered_version(dep, kver, arch)
                 if dep_version:
                     fsutil.write_atomic(base_dir / f".dep_{dep}", f"{dep_version}\n")
+
+    def require_free_space(self, source: Path, build_dir: Path) -> None:
+        """Refuse to start a build that cannot fit (dkms has none: a full disk shows up as a
+        compiler error deep in make.log, or a half-copied tree). The estimate, documented in
+        docs/guarantees.md: the source copied to build/, objects and modules with debug info
+        (together about 3x the source), the staged copy, plus a fixed 32 MiB for everything a
+        kernel module build writes whatever its size."""
+        size = 0
+        for dirpath, _dirnames, filenames in os.walk(source):
+            for name in filenames:
+                try:
+                    size += os.lstat(os.path.join(dirpath, name)).st_size
+                except OSError:
+                    pass
+        need = 4 * size + BUILD_SPACE_MARGIN
+        where = build_dir
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        try:
+            st = os.statvfs(where)
+        except OSError:
+            return
+        free = st.f_frsize * (st.f_bfree if os.geteuid() == 0 else st.f_bavail)
+        if build_dir.is_dir():
+            free += sum(  # what the previous build/ frees when it is replaced
+                os.lstat(os.path.join(d, f)).st_size
+                for d, _, files in os.walk(build_dir)
+                for f in files
+            )
+        if free < need:
+            mib = 1024 * 1024
+            raise BuildFailedError(
+                f"Not enough free space to build in {build_dir}: about {-(-need // mib)} MiB "
+                f"needed, {free // mib} MiB available on the file system holding {where}.",
+                "Free some space there (or move dkms_tree in framework.conf) and build again.",
+            )
+
+    def require_inside_build_dir(self, built: Path, build_dir: Path) -> None:
+        """A module is stripped, signed and copied: never through a path that leaves build/
+        (a `..` location, or a symlink shipped in the source pointing elsewhere)."""
+        if not fsutil.is_within(built, build_dir):
+            raise BuiltModuleMissingError(
+                f"{built} resolves to {os.path.realpath(built)}, outside the build directory "
+                f"{build_dir}; refusing to strip, sign or install it.",
+                "Check BUILT_MODULE_LOCATION and the symbolic links in the module source.",
+            )
 
     def latest_registered_version(self, module: str, kver: str, arch: str) -> str:
         """The newest version of `module` in `dkms status -k K` (sort -V), "" if none."""

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import filecmp
+import glob
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from . import faults
+
+# Prefix of our temporary files beside a destination: stale ones (from a process that was
+# killed between creating and renaming them) are recognisable, and swept by the next writer.
+TMP_MARK = ".dkmshooks-tmp."
 
 
 def fsync_dir(path: Path) -> None:
@@ -48,6 +55,7 @@ def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)
+        faults.point("write_atomic.before_rename")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -56,16 +64,22 @@ def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
 
 
 def copy_file_atomic(src: Path, dest: Path) -> None:
-    """Installed modules never appear half-written: copy beside, fsync, rename over."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    """Installed modules never appear half-written: copy beside, fsync, rename over.
+    Callers hold the tree lock, so a temporary file of `dest` found here is a dead process's."""
+    prefix = f".{dest.name}{TMP_MARK}"
+    for stale in dest.parent.glob(glob.escape(prefix) + "*"):
+        stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=dest.parent)
     os.close(fd)
     try:
         shutil.copyfile(src, tmp)
+        faults.point("copy.copied")
         os.chmod(tmp, 0o644)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         if dest.is_dir() and not dest.is_symlink():
             shutil.rmtree(dest)
+        faults.point("copy.before_rename")
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -74,15 +88,18 @@ def copy_file_atomic(src: Path, dest: Path) -> None:
 
 
 def symlink_atomic(target: str, link: Path) -> None:
+    for stale in link.parent.glob(glob.escape(f".{link.name}.tmp") + "*"):
+        stale.unlink(missing_ok=True)
     tmp = link.parent / f".{link.name}.tmp{os.getpid()}"
-    tmp.unlink(missing_ok=True)
     os.symlink(target, tmp)
+    faults.point("symlink.before_rename")
     os.replace(tmp, link)
     fsync_dir(link.parent)
 
 
 def move(src: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
+    faults.point("move.before")
     try:
         os.replace(src, dest)
     except OSError:
@@ -92,10 +109,37 @@ def move(src: Path, dest: Path) -> None:
 
 
 def remove_tree(path: Path) -> None:
+    """Delete a file, a symlink (never what it points to) or a directory. A directory is first
+    renamed out of sight (`.tmp_rm_*`, which the tree ignores and `dkms remove` sweeps), so a
+    crash while deleting never leaves a half-deleted module directory behind."""
     if path.is_symlink() or path.is_file():
+        faults.point("remove_tree.unlink")
         path.unlink(missing_ok=True)
     elif path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
+        doomed = path.with_name(f".tmp_rm_{path.name}_{os.getpid()}")
+        try:
+            os.rename(path, doomed)
+        except OSError:
+            doomed = path  # a mount point, or a parent we cannot write: delete in place
+        faults.point("remove_tree.renamed")
+        shutil.rmtree(doomed, ignore_errors=True)
+
+
+def find_symlink(top: Path, path: Path) -> Path | None:
+    """The first component of `path` below `top` that is a symlink (`path` must be below `top`)."""
+    current = top
+    for part in path.relative_to(top).parts:
+        current = current / part
+        if current.is_symlink():
+            return current
+    return None
+
+
+def is_within(path: Path, top: Path) -> bool:
+    """Whether `path`, every symlink resolved, is `top` or below it."""
+    real = os.path.realpath(path)
+    base = os.path.realpath(top).rstrip("/")
+    return real == base or real.startswith(base + "/")
 
 
 def copy_tree(src: Path, dest: Path) -> None:

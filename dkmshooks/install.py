@@ -6,9 +6,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import fsutil, run
+from . import faults, fsutil, janitor, run
 from .build import Builder
-from .dkmsconf import DkmsConf, read_conf
+from .dkmsconf import DkmsConf, ModuleEntry, read_conf
 from .errors import (
     DkmsError,
     EmptyKernelError,
@@ -87,6 +87,12 @@ class Installer(Builder):
             found = compressed_or_uncompressed(base_dir / "module", entry.dest_name, suffix)
             if found is None or not found.is_file():
                 raise InstallError(f"Missing module {entry.dest_name} in {base_dir}/module")
+            dest_dir = Path(f"{lib_tree}{entry.dest_location}")
+            if not fsutil.is_within(dest_dir, lib_tree):  # checked before anything moves
+                raise InstallError(
+                    f"{dest_dir} resolves to {os.path.realpath(dest_dir)}, outside {lib_tree}; "
+                    "refusing to install there."
+                )
         if self.tree.is_installed(module, version, kver, arch):
             raise DkmsError(
                 f"This module/version combo is already installed for kernel {kver} ({arch}).",
@@ -101,7 +107,8 @@ class Installer(Builder):
             )
         any_installed = False
         for entry in conf.active_modules:
-            if not self.check_version_sanity(
+            resumed = self.is_interrupted_install(entry, base_dir, lib_tree, suffix)
+            if not resumed and not self.check_version_sanity(
                 module,
                 version,
                 kver,
@@ -117,7 +124,7 @@ class Installer(Builder):
             original_copy = compressed_or_uncompressed(backup_dir, name, suffix)
             if active_link.is_symlink() and original_copy is not None:
                 self.console.echo("An original module was already stored during a previous install")
-            elif not active_link.is_symlink():
+            elif not active_link.is_symlink() and not resumed:
                 candidates = [
                     compressed_or_uncompressed(lib_tree / "extra", name, suffix),
                     compressed_or_uncompressed(lib_tree / "updates", name, suffix),
@@ -132,9 +139,17 @@ class Installer(Builder):
                     self.console.echo(
                         f"Found pre-existing {original}, archiving for uninstallation"
                     )
+                    planted = fsutil.find_symlink(layout.dkms_tree, backup_dir)
+                    if planted is not None:
+                        raise InstallError(
+                            f"{planted} is a symbolic link; refusing to archive "
+                            f"{original} through it."
+                        )
                     backup_dir.mkdir(parents=True, exist_ok=True)
-                    fsutil.move(original, backup_dir / original.name)
+                    # where it came from first: a crash between the two must not leave an
+                    # archived original that uninstall cannot put back (issue #9)
                     fsutil.write_atomic(backup_dir / f"{original.name}.origin", f"{original}\n")
+                    fsutil.move(original, backup_dir / original.name)
                     break
             toinstall = compressed_or_uncompressed(base_dir / "module", name, suffix)
             assert toinstall is not None
@@ -149,9 +164,11 @@ class Installer(Builder):
             except OSError as exc:
                 raise InstallError(f"Copying '{toinstall}' failed") from exc
             any_installed = True
+            faults.point("install.copied")
         if conf.modules and not any_installed:
             raise InstallError("Installation aborted.")
         fsutil.symlink_atomic(f"{version}/{kver}/{arch}", active_link)
+        faults.point("install.linked")
         self.weak_modules("add", conf, module, kver, arch)
         self.run_script("post_install", conf.post_install, module, version, kver=kver, arch=arch)
         rc = self.invoke_fn("Running depmod", lambda: self.depmod(kver), conf.package_name)
@@ -309,6 +326,54 @@ class Installer(Builder):
                 return False
         return True
 
+    def is_interrupted_install(
+        self, entry: ModuleEntry, base_dir: Path, lib_tree: Path, suffix: str
+    ) -> bool:
+        """Our own module, byte for byte, already at its destination while the module is not
+        active: an install killed between the copy and the link. Not a kernel module to check
+        versions against or to archive (the real original, if any, was archived by then)."""
+        ours = compressed_or_uncompressed(base_dir / "module", entry.dest_name, suffix)
+        there = compressed_or_uncompressed(
+            Path(f"{lib_tree}{entry.dest_location}"), entry.dest_name, suffix
+        )
+        return ours is not None and there is not None and fsutil.same_content(ours, there)
+
+    def repair_depmod(self, module: str, version: str, kver: str, arch: str) -> None:
+        """A run killed between installing (or deleting) files and depmod left modules.dep
+        stale; a re-run that finds nothing else to do must still run depmod (issue #9)."""
+        mdir = self.layout.modules_dir(kver)
+        link = self.layout.active_link(module, kver, arch)
+        try:
+            if link.is_symlink() and (
+                (mdir / "modules.dep").stat().st_mtime_ns > link.lstat().st_mtime_ns
+            ):
+                return  # depmod ran after the install: the cheap, common case
+            lines = (mdir / "modules.dep").read_text(encoding="utf-8", errors="replace")
+            conf = read_conf(
+                self.layout.source_link(module, version) / "dkms.conf",
+                module,
+                version,
+                kver,
+                arch,
+                self.conf_context(kver),
+                _null_console(),
+            )
+        except (OSError, DkmsError):
+            return
+        listed = {line.split(":", 1)[0] for line in lines.splitlines()}
+        suffix = self.suffix(kver)
+        for entry in conf.active_modules:
+            rel = f"{entry.dest_location.strip('/')}/{entry.dest_name}.ko{suffix}"
+            if (mdir / rel).is_file() != (rel in listed):
+                self.invoke_fn("Running depmod", lambda: self.depmod(kver), conf.package_name)
+                return
+
+    def repair_depmod_all(self, kver: str, arch: str) -> None:
+        """repair_depmod for every module installed on kver (the engine's re-runs skip them)."""
+        for module, version in self.tree.module_versions():
+            if self.tree.is_installed(module, version, kver, arch):
+                self.repair_depmod(module, version, kver, arch)
+
     def maybe_install(self, module: str, version: str, kver: str, arch: str) -> None:
         if self.tree.is_installed(module, version, kver, arch):
             if self.options.force:
@@ -319,6 +384,7 @@ class Installer(Builder):
                     f"Module {module}/{version} already installed on kernel {kver} ({arch}), "
                     "skip. You may override by specifying --force."
                 )
+                self.repair_depmod(module, version, kver, arch)
                 return
         self.do_install(module, version, kver, arch)
 
@@ -366,9 +432,12 @@ class Installer(Builder):
                     for path in Path(f"{lib_tree}{real}").glob(f"{name}.ko*"):
                         if path.is_file() or path.is_symlink():
                             path.unlink()
+                    faults.point("uninstall.deleted")
                     _rmdir_parents(lib_tree, real.strip("/"))
                 else:
                     self.console.echo(f"Module {name}.ko{suffix} was not found within {lib_tree}/")
+                    # deleted by a run killed before it removed the emptied directories
+                    _rmdir_parents(lib_tree, entry.dest_location.strip("/"))
                 if backup_dir.is_dir():
                     for origin in sorted(backup_dir.rglob(f"{name}.*.origin")):
                         if not origin.is_file():
@@ -380,7 +449,9 @@ class Installer(Builder):
                             location = origin.read_text(encoding="utf-8").splitlines()[0]
                         except (OSError, IndexError):
                             location = ""
-                        if location.startswith(f"{lib_tree}/"):
+                        if location.startswith(f"{lib_tree}/") and fsutil.is_within(
+                            Path(location).parent, lib_tree
+                        ):
                             self.console.echo(f"Restoring archived original module {location}")
                             Path(location).parent.mkdir(parents=True, exist_ok=True)
                             fsutil.move(original, Path(location))
@@ -403,7 +474,15 @@ class Installer(Builder):
         else:
             self.invoke_fn("Running depmod", lambda: self.depmod(kver), conf.package_name)
         orig_k = layout.dkms_tree / module / "original_module" / kver
-        if was_active and backup_dir.is_dir():
+        unrestored = [  # never delete an original we could not put back (issue #9)
+            p for p in backup_dir.rglob("*.ko*") if p.is_file() and p.suffix != ".origin"
+        ]
+        if was_active and unrestored:
+            self.console.warn(
+                f"Keeping {len(unrestored)} original module(s) in {backup_dir}: "
+                "they could not be restored."
+            )
+        elif was_active and backup_dir.is_dir():
             self.console.echo(
                 f"Removing original module(s) from DKMS tree for kernel {kver} ({arch})"
             )
@@ -432,12 +511,17 @@ class Installer(Builder):
                     f"Module {module}/{version} is not installed for kernel {kver} ({arch}). "
                     "Skipping..."
                 )
+            if self.tree.is_built(module, version, kver, arch) and not self.options.delayed_depmod:
+                self.repair_depmod(module, version, kver, arch)
             return
         self.do_uninstall(module, version, kver, arch)
 
     def do_unbuild(self, module: str, version: str, kver: str, arch: str) -> None:
-        fsutil.remove_tree(self.layout.built_dir(module, version, kver, arch))
         kdir = self.layout.kernel_dir(module, version, kver)
+        if kdir.is_symlink():
+            kdir.unlink()  # planted: drop the link, never what it points to (issue #9)
+            return
+        fsutil.remove_tree(self.layout.built_dir(module, version, kver, arch))
         if kdir.is_dir() and not any(p.is_dir() for p in kdir.iterdir()):
             fsutil.remove_tree(kdir)
 
@@ -451,8 +535,8 @@ class Installer(Builder):
 
     def remove_module(self, module: str, version: str, kernels: Sequence[tuple[str, str]]) -> None:
         vdir = self.layout.version_dir(module, version)
-        for kdir in vdir.glob("*/.tmp_*"):
-            fsutil.remove_tree(kdir)
+        mdir = self.layout.module_dir(module)
+        janitor.sweep_module(mdir)  # what killed runs left (we hold the tree lock)
         if vdir.is_dir():
             for child in vdir.iterdir():
                 if child.is_dir() and not child.is_symlink() and not any(child.iterdir()):
@@ -467,7 +551,6 @@ class Installer(Builder):
         if not self.tree.kernel_dirs_left(module, version):
             self.console.echo(f"Deleting module {module}/{version} completely from the DKMS tree.")
             fsutil.remove_tree(vdir)
-        mdir = self.layout.module_dir(module)
         if mdir.is_dir() and not os.listdir(mdir):
             fsutil.remove_tree(mdir)
 

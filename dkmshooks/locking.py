@@ -8,7 +8,7 @@ import fcntl
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -19,12 +19,25 @@ class LockTimeout(DkmsError):
     code = 1
 
 
+DEFAULT_TIMEOUT = 1800.0
+
+
+def lock_timeout(environ: Mapping[str, str]) -> float:
+    """How long to wait for the lock: DKMSHOOKS_LOCK_TIMEOUT seconds, default 30 minutes (a
+    long build of another module is a normal reason to wait; a hung one is not)."""
+    try:
+        value = float(environ.get("DKMSHOOKS_LOCK_TIMEOUT", ""))
+    except ValueError:
+        return DEFAULT_TIMEOUT
+    return value if value >= 0 else DEFAULT_TIMEOUT
+
+
 class TreeLock:
     def __init__(
         self,
         path: Path,
         *,
-        timeout: float = 1800.0,
+        timeout: float = DEFAULT_TIMEOUT,
         say: Callable[[str], None] | None = None,
         poll: float = 0.2,
     ) -> None:
@@ -45,8 +58,16 @@ class TreeLock:
         if self.depth:
             self.depth += 1
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM) and os.geteuid() != 0:
+                raise DkmsError(
+                    "You must be root to use this command.",
+                    hint=f"(the tree lock {self.path} cannot be opened by this user)",
+                ) from exc
+            raise
         deadline = time.monotonic() + self.timeout
         announced = False
         while True:

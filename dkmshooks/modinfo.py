@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import lzma
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 from . import run
@@ -13,10 +14,11 @@ from .versions import ver_gt
 
 
 def parse_modinfo(text: str) -> tuple[str, str]:
-    """(version, srcversion-or-checksum) from `modinfo` output, as dkms's get_module_verinfo."""
+    """(version, srcversion-or-checksum) from `modinfo` output, exactly as dkms's
+    get_module_verinfo reads it: `while read -a vals ... done <<< "$(modinfo "$1")"`
+    (tests/reliability/test_properties.py runs that bash as the oracle)."""
     version = srcversion = checksum = ""
-    for line in text.splitlines():
-        words = line.split()
+    for words in _read_a(text.replace("\0", "").rstrip("\n") + "\n"):
         if not words:
             continue
         if words[0] == "version:":
@@ -76,18 +78,43 @@ def _read_module(path: Path) -> bytes | None:
     return None
 
 
+def _read_a(data: str) -> Iterator[list[str]]:
+    """bash's `read -a` without -r, line after line: words split on blanks (default IFS), a
+    backslash quotes the next character, a backslash-newline joins two lines. A last line that
+    a continuation left without its newline is never seen: `read` fails there."""
+    words: list[str] = []
+    word, in_word = "", False
+    i = 0
+    while i < len(data):
+        char = data[i]
+        if char == "\\":
+            quoted = data[i + 1 : i + 2]
+            i += 2
+            if quoted not in ("\n", ""):
+                word, in_word = word + quoted, True
+            continue
+        i += 1
+        if char == "\n":
+            if in_word:
+                words.append(word)
+            yield words
+            words, word, in_word = [], "", False
+        elif char in " \t":
+            if in_word:
+                words.append(word)
+            word, in_word = "", False
+        else:
+            word, in_word = word + char, True
+
+
 def module_verinfo(path: Path | None) -> tuple[str, str]:
     if path is None:
         return "", ""
     data = _read_module(path)
     pairs = elf_modinfo(data) if data is not None else None
     if pairs is not None:
-        fields = dict(pairs)
-        version_words = fields.get("version", "").split()
-        version = version_words[0] if version_words else ""
-        checksum = version_words[1] if len(version_words) > 1 else ""
-        srcversion = fields.get("srcversion", "").split()
-        return version, (srcversion[0] if srcversion else "") or checksum
+        # printed as modinfo prints them, then read as dkms reads modinfo's output
+        return parse_modinfo("".join(f"{key}:        {value}\n" for key, value in pairs))
     proc = run.run(["modinfo", str(path)], check=False, capture=True)
     if proc.returncode != 0:
         return "", ""

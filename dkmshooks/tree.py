@@ -66,7 +66,10 @@ class Tree:
     def is_built(self, module: str, version: str, kver: str, arch: str) -> bool:
         if not (module and version and kver and arch):
             return False
-        return (self.layout.built_dir(module, version, kver, arch) / "module").is_dir()
+        built = self.layout.built_dir(module, version, kver, arch)
+        if built.parent.is_symlink() or built.is_symlink():
+            return False  # planted, not built by us: never trusted, never followed (issue #9)
+        return (built / "module").is_dir()
 
     def is_active(self, module: str, version: str, kver: str, arch: str) -> bool:
         link = self.layout.active_link(module, kver, arch)
@@ -130,4 +133,8 @@ class Tree:
     def kernel_dirs_left(self, module: str, version: str) -> list[str]:
         vdir = self.layout.version_dir(module, version)
         keep = re.compile(r"(build|tarball|driver_disk|rpm|deb|source)$")
-        return [n for n in _listdir(vdir) if (vdir / n).is_dir() and not keep.search(n)]
+        return [
+            n
+            for n in _listdir(vdir)
+            if (vdir / n).is_dir() and not (vdir / n).is_symlink() and not keep.search(n)
+        ]
