@@ -120,15 +120,19 @@ def latest_versions(session: Session) -> tuple[list[tuple[str, str]], list[str]]
     latest: dict[str, str] = {}
     order: list[str] = []
     broken: list[str] = []
-    for entry in session.tree.status():
-        if entry.state == "broken":
-            broken.append(f"{entry.module}/{entry.version}")
+    tree = session.tree
+    # what `status` lists, one m/v at a time: its built entries would not change the answer
+    for module, version in tree.module_versions():
+        if tree.is_broken(module, version):
+            broken.append(f"{module}/{version}")
             continue
-        if entry.module not in latest:
-            order.append(entry.module)
-            latest[entry.module] = entry.version
-        elif ver_gt(entry.version, latest[entry.module]):
-            latest[entry.module] = entry.version
+        if not tree.is_added(module, version):
+            continue
+        if module not in latest:
+            order.append(module)
+            latest[module] = version
+        elif ver_gt(version, latest[module]):
+            latest[module] = version
     return [(m, latest[m]) for m in order], broken
 
 
@@ -149,6 +153,7 @@ def plan_kernel(session: Session, kver: str, arch: str, *, only: Sequence[str] =
                 kver,
                 arch,
                 session.layout.source_link(module, version) / "dkms.conf",
+                persistent=True,
             )
         except DkmsError as exc:
             plan.bad_conf.append((module, version, _with_output(exc, quiet)))

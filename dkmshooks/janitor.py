@@ -3,7 +3,7 @@ at most these, all hidden from `dkms status` (dot names) and all recognisable by
 
   <dkms_tree>/<m>/<v>/<kver>/.tmp_<arch>_XXXXXX        a build's staging dir (build.py)
   <dkms_tree>/<m>[/<v>[/<kver>]]/.tmp_rm_<name>_<pid>   a dir renamed to be deleted (fsutil)
-  <dkms_tree>/<m>/.kernel-<kver>-<arch>.tmp<pid>        a symlink not yet renamed (fsutil)
+  <dkms_tree>/<m>[/<v>]/.<link>.tmp<pid>              a symlink not yet renamed (fsutil)
   <install_tree>/<kver>/<dest>/.<name>.ko.dkmshooks-tmp.*   a module not yet renamed (fsutil)
 
 Only ever called with the tree lock held, so nothing found is still being written. Symlinks
@@ -13,6 +13,7 @@ are never followed: a planted `<m>/<v>/<kver>` link to elsewhere is not ours to 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from . import fsutil
@@ -22,8 +23,11 @@ from .layout import Layout
 _DEST_DIRS = ("updates/dkms", "updates", "extra", "kernel/extra")
 
 
+_SYMLINK_TMP = re.compile(r"^\..+\.tmp[0-9]+$")
+
+
 def _is_stale(name: str) -> bool:
-    return name.startswith(".tmp_") or (name.startswith(".kernel-") and ".tmp" in name)
+    return name.startswith(".tmp_") or _SYMLINK_TMP.match(name) is not None
 
 
 def _dirs(path: Path) -> list[Path]:

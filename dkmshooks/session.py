@@ -132,8 +132,10 @@ class SessionBase:
         path: Path | None = None,
         *,
         strict: bool = False,
+        persistent: bool = False,
     ) -> DkmsConf:
-        """read_conf(_strict)_or_die: `path` is dkms's explicit third argument."""
+        """read_conf(_strict)_or_die: `path` is dkms's explicit third argument. `persistent`:
+        a question that only reads the conf (status, plan) may be answered from confcache."""
         conf_path = (
             path or self.options.conf or self.layout.source_link(module, version) / ("dkms.conf")
         )
@@ -155,13 +157,28 @@ class SessionBase:
             if strict:
                 strict_checks(cached, self.console)
             return cached
+        ctx = self.conf_context(kver)
+        if persistent and not strict and not self.options.directives and module and version:
+            from . import confcache
+
+            cache = confcache.for_directory(self.layout.state_dir / "confcache")
+            ckey = confcache.context_key(conf_path, kver, arch, ctx)
+            stamps = confcache.file_stamps(conf_path, module, version, kver, arch, ctx)
+            conf = cache.get(module, version, ckey, stamps)
+            if conf is None:
+                conf = read_conf(
+                    conf_path, module, version, kver, arch, ctx, self.console, shown_path=shown
+                )
+                cache.put(module, version, ckey, stamps, conf)
+            self._conf_cache[key] = conf
+            return conf
         conf = read_conf(
             conf_path,
             module,
             version,
             kver,
             arch,
-            self.conf_context(kver),
+            ctx,
             self.console,
             strict=strict,
             shown_path=shown,

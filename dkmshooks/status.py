@@ -42,7 +42,12 @@ class Session(Installer):
     def status_extras(self, module: str, version: str, kver: str, arch: str) -> Extras:
         try:
             conf = self.read_conf(
-                module, version, kver, arch, self.layout.source_link(module, version) / "dkms.conf"
+                module,
+                version,
+                kver,
+                arch,
+                self.layout.source_link(module, version) / "dkms.conf",
+                persistent=True,
             )
         except DkmsError as exc:
             if not isinstance(exc, BadConfError):

@@ -12,6 +12,7 @@ from pathlib import Path
 from .layout import Layout
 
 _KERNEL_DIR = re.compile(r"^[0-9]+\.")
+_ACTIVE_LINK = re.compile(r"^kernel-.*-")
 
 
 def _glob_sorted(names: list[str]) -> list[str]:
@@ -19,7 +20,7 @@ def _glob_sorted(names: list[str]) -> list[str]:
     return sorted(names, key=os.fsencode)
 
 
-def _listdir(path: Path) -> list[str]:
+def _listdir(path: str | Path) -> list[str]:
     try:
         return _glob_sorted([n for n in os.listdir(path) if not n.startswith(".")])
     except OSError:
@@ -47,36 +48,48 @@ class StatusEntry:
 class Tree:
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
+        self._dkms_tree = os.fspath(layout.dkms_tree)
+
+    # The predicates below run for every status line and plan entry (10,000 of them on a big
+    # tree), so they use os.path on strings rather than pathlib (docs/performance.md).
 
     def is_broken(self, module: str, version: str) -> bool:
-        vdir = self.layout.version_dir(module, version)
-        if not module or not version or not vdir.is_dir():
+        if not module or not version:
             return False
-        src = vdir / "source"
-        if src.is_symlink() and not src.is_dir():
-            return True
-        return not src.is_symlink() and self.layout.module_source(module, version).is_dir()
+        vdir = os.path.join(self._dkms_tree, module, version)
+        if not os.path.isdir(vdir):
+            return False
+        src = os.path.join(vdir, "source")
+        if os.path.islink(src):
+            return not os.path.isdir(src)
+        return self.layout.module_source(module, version).is_dir()
 
     def is_added(self, module: str, version: str) -> bool:
         if not module or not version:
             return False
-        src = self.layout.source_link(module, version)
-        return src.is_symlink() and src.is_dir()
+        src = os.path.join(self._dkms_tree, module, version, "source")
+        return os.path.islink(src) and os.path.isdir(src)
 
     def is_built(self, module: str, version: str, kver: str, arch: str) -> bool:
         if not (module and version and kver and arch):
             return False
-        built = self.layout.built_dir(module, version, kver, arch)
-        if built.parent.is_symlink() or built.is_symlink():
+        kdir = os.path.join(self._dkms_tree, module, version, kver)
+        built = os.path.join(kdir, arch)
+        if os.path.islink(kdir) or os.path.islink(built):
             return False  # planted, not built by us: never trusted, never followed (issue #9)
-        return (built / "module").is_dir()
+        return os.path.isdir(os.path.join(built, "module"))
 
     def is_active(self, module: str, version: str, kver: str, arch: str) -> bool:
-        link = self.layout.active_link(module, kver, arch)
-        if not link.is_symlink():
+        link = os.path.join(self._dkms_tree, module, f"kernel-{kver}-{arch}")
+        try:
+            target = os.readlink(link)
+        except OSError:
             return False
-        target = os.path.realpath(link)
-        return target == os.path.realpath(self.layout.built_dir(module, version, kver, arch))
+        if target == f"{version}/{kver}/{arch}":
+            return True  # the link dkms writes: resolves to exactly the built dir
+        return os.path.realpath(link) == os.path.realpath(
+            self.layout.built_dir(module, version, kver, arch)
+        )
 
     def is_installed(self, module: str, version: str, kver: str, arch: str) -> bool:
         return self.is_built(module, version, kver, arch) and self.is_active(
@@ -85,28 +98,25 @@ class Tree:
 
     def module_versions(self, module: str = "", version: str = "") -> Iterator[tuple[str, str]]:
         """list_module_version_combos: `$dkms_tree/${m:-*}/${v:-*}` dirs, not kernel-* links."""
-        tree = self.layout.dkms_tree
+        tree = self._dkms_tree
         modules = [module] if module else _listdir(tree)
         for m in modules:
-            mdir = tree / m
-            if not mdir.is_dir():
+            mdir = os.path.join(tree, m)
+            if not os.path.isdir(mdir):
                 continue
             versions = [version] if version else _listdir(mdir)
             for v in versions:
-                if not (mdir / v).is_dir():
-                    continue
-                if re.match(r"^kernel-.*-", v):
+                if _ACTIVE_LINK.match(v) or not os.path.isdir(os.path.join(mdir, v)):
                     continue
                 yield m, v
 
     def built_entries(
         self, module: str, version: str, kver: str = "", arch: str = ""
     ) -> Iterator[BuiltEntry]:
-        vdir = self.layout.version_dir(module, version)
+        vdir = os.path.join(self._dkms_tree, module, version)
         kernels = [kver] if kver else [k for k in _listdir(vdir) if _KERNEL_DIR.match(k)]
         for k in kernels:
-            kdir = vdir / k
-            arches = [arch] if arch else _listdir(kdir)
+            arches = [arch] if arch else _listdir(os.path.join(vdir, k))
             for a in arches:
                 if not self.is_built(module, version, k, a):
                     continue

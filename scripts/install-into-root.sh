@@ -1,6 +1,6 @@
 #!/bin/bash
 # Install dkmshooks from this checkout into a Debian root directory (a chroot), laid out the way its
-# .deb will be: the package in /usr/lib/python3/dist-packages, `dkms` and `dkmshooks` in /usr/sbin,
+# .deb does: the package in /usr/lib/python3/dist-packages, `dkms` in /usr/sbin, `dkmshooks` in /usr/bin,
 # the apt hooks in /etc/kernel/*.d and /etc/apt/apt.conf.d. Running it again replaces what it
 # installed before (files deleted from the checkout disappear from the root too).
 # Usage: scripts/install-into-root.sh ROOT
@@ -26,14 +26,14 @@ rm -rf -- "$site/dkmshooks"
 mv -- "$staging" "$site/dkmshooks"
 
 wrapper() {
-    install -D -m 0755 /dev/stdin "$root/usr/sbin/$1" <<EOF
+    install -D -m 0755 /dev/stdin "$root/$1" <<EOF
 #!/usr/bin/python3
 from dkmshooks.cli import $2
 $2()
 EOF
 }
-wrapper dkms dkms_main
-wrapper dkmshooks dkmshooks_main
+wrapper usr/sbin/dkms dkms_main
+wrapper usr/bin/dkmshooks dkmshooks_main
 
 for kind in preinst postinst header_postinst prerm postrm; do
     install -D -m 0755 "$repo/hooks/apt/kernel-$kind" "$root/etc/kernel/$kind.d/dkmshooks"

@@ -25,6 +25,11 @@ packages+=(pacman-package-manager makepkg libarchive-tools)
 # dnf/kernel-install e2e: dnf 4 and its Python binding (the dnf4 plugin), rpm (with rpmbuild),
 # createrepo_c; systemd provides kernel-install.
 packages+=(dnf python3-dnf rpm createrepo-c systemd)
+# packaging e2e (tests/e2e/test_packaging.py): dpkg-buildpackage's debhelper and dh-python, and
+# lintian; rpmbuild, makepkg and bsdtar come with the packages above.
+packages+=(debhelper dh-python lintian)
+# apt e2e and boot tiers: debootstrap makes the Debian chroot; qemu boots its kernels (TCG).
+packages+=(debootstrap qemu-system-x86)
 for k in "${kernels[@]}"; do
     packages+=("linux-headers-$k")
 done

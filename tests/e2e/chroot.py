@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,7 +202,28 @@ class Chroot:
             **(env or {}),
         }
         argv = tuple(argv)
-        proc = subprocess.run(
+        # every chroot shares one apt archive cache, whose lock apt does not wait for: serialise
+        # apt runs across chroots (and across test processes) on the host side
+        guard = (
+            _locked(self.archives.parent / "apt-archives.lock")
+            if argv and os.path.basename(argv[0]) in ("apt-get", "apt")
+            else nullcontext()
+        )
+        with guard:
+            proc = self._spawn(argv, full_env, input, timeout)
+        output = proc.stdout.decode("utf-8", errors="replace")
+        if proc.returncode == SETUP_FAILED and output.startswith("dkmshooks-e2e: setup failed"):
+            raise ChrootError(output.strip())
+        return Result(argv, proc.returncode, output)
+
+    def _spawn(
+        self,
+        argv: tuple[str, ...],
+        full_env: Mapping[str, str],
+        input: str | None,
+        timeout: float,
+    ) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
             [
                 "unshare",
                 "--mount",
@@ -224,10 +245,6 @@ class Chroot:
             timeout=timeout,
             check=False,
         )
-        output = proc.stdout.decode("utf-8", errors="replace")
-        if proc.returncode == SETUP_FAILED and output.startswith("dkmshooks-e2e: setup failed"):
-            raise ChrootError(output.strip())
-        return Result(argv, proc.returncode, output)
 
     def sh(self, script: str, **kwargs: object) -> Result:
         return self.run(["sh", "-c", script], **kwargs)  # type: ignore[arg-type]
@@ -319,7 +336,11 @@ def unpack(tarball: Path, dest: Path) -> Chroot:
     dest.mkdir(parents=True, exist_ok=True)
     tar = ["tar", "-C", str(dest), "--numeric-owner", "--xattrs", *_tar_compress()]
     subprocess.run([*tar, "-xpf", str(tarball)], check=True)
-    return Chroot(dest, apt_archives())
+    chroot = Chroot(dest, apt_archives())
+    # the cached base keeps the package lists of the day it was made; a point release since then
+    # would turn installs into 404s
+    chroot.apt_get("update").check()
+    return chroot
 
 
 @contextmanager

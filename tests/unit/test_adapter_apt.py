@@ -326,7 +326,7 @@ def test_kernel_hook_forwards_to_its_kind(kind: str) -> None:
     assert hook.stat().st_mode & 0o111
     lines = hook.read_text().splitlines()
     assert lines[0] == "#!/bin/sh"
-    assert lines[-1] == f'exec /usr/sbin/dkmshooks hook apt {kind} "$@" </dev/null >&2'
+    assert lines[-1] == f'exec /usr/bin/dkmshooks hook apt {kind} "$@" </dev/null >&2'
     # Installed as /etc/kernel/<kind>.d/dkmshooks (scripts/install-into-root.sh): a name
     # run-parts runs, sorting before initramfs-tools and the zz- boot loader hooks.
     assert RUN_PARTS_NAME.match("dkmshooks")
@@ -345,6 +345,6 @@ def test_apt_conf_is_what_apt_reads() -> None:
     ).stdout
     for key, kind in (("Pre-Invoke", "pre-invoke"), ("Post-Invoke", "post-invoke")):
         assert (
-            f'DPkg::{key}:: "if [ -x /usr/sbin/dkmshooks ]; then '
-            f'/usr/sbin/dkmshooks hook apt {kind} || true; fi";'
+            f'DPkg::{key}:: "if [ -x /usr/bin/dkmshooks ]; then '
+            f'/usr/bin/dkmshooks hook apt {kind} || true; fi";'
         ) in dump.splitlines()

@@ -1,0 +1,181 @@
+"""The dkms.conf cache behind status and plan: a hit only while every stamp it was computed from
+is unchanged. The conf counts its own evaluations (it is bash), so a test sees hits and misses
+without looking inside."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from dkmshooks import confcache
+from dkmshooks.status import Session
+
+from .helpers import Captured
+
+K = "6.1.0-1-amd64"
+ARCH = "x86_64"
+
+
+@pytest.fixture
+def tree(root: Path) -> Path:
+    """m/1.0 registered, with a dkms.conf that appends a line to `evaluations` when sourced."""
+    src = root / "usr/src/m-1.0"
+    src.mkdir(parents=True)
+    (src / "dkms.conf").write_text(
+        f'echo x >> "{root}/evaluations"\n'
+        'PACKAGE_NAME="m"\nPACKAGE_VERSION="1.0"\nBUILT_MODULE_NAME[0]="m"\n'
+        'DEST_MODULE_LOCATION[0]="/updates"\nAUTOINSTALL="yes"\n'
+        'MAKE[0]="make -C $kernel_source_dir M=$dkms_tree/m/1.0/build"\n'
+    )
+    vdir = root / "var/lib/dkms/m/1.0"
+    vdir.mkdir(parents=True)
+    (vdir / "source").symlink_to(src)
+    build = root / f"lib/modules/{K}/build"
+    (build / "include").mkdir(parents=True)
+    (build / ".config").write_text("CONFIG_MODULES=y\n")
+    (root / "etc/dkms").mkdir(parents=True)
+    return root
+
+
+Make = Callable[..., tuple[Session, Captured]]
+
+
+def evaluations(root: Path) -> int:
+    path = root / "evaluations"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def query(make_session: Make, root: Path, kver: str = K) -> None:
+    """One `dkms status`-like question, as a new process would ask it."""
+    session, _ = make_session()
+    cache = confcache.for_directory(session.layout.state_dir / "confcache")
+    cache.reload()
+    conf = session.read_conf("m", "1.0", kver, ARCH, persistent=True)
+    assert conf.package_name == "m"
+    assert conf.make_command.startswith(f"make -C {root}/lib/modules/{kver}/build ")
+    cache.reload()
+
+
+def test_second_question_is_answered_from_the_cache(tree: Path, make_session: Make) -> None:
+    query(make_session, tree)
+    query(make_session, tree)
+    assert evaluations(tree) == 1
+    files = list((tree / "var/lib/dkmshooks/confcache").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".json"  # no temporary file left behind
+
+
+def _touch_later(path: Path) -> None:
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+CHANGES: dict[str, Callable[[Path], None]] = {
+    "dkms.conf edited": lambda r: _append(r / "usr/src/m-1.0/dkms.conf", "# edit\n"),
+    "dkms.conf same size, new mtime": lambda r: _touch_later(r / "usr/src/m-1.0/dkms.conf"),
+    "dkms.conf replaced": lambda r: os.replace(
+        _copy(r / "usr/src/m-1.0/dkms.conf"), r / "usr/src/m-1.0/dkms.conf"
+    ),
+    "kernel .config edited": lambda r: (r / f"lib/modules/{K}/build/.config").write_text(
+        "CONFIG_MODULES=y\nCONFIG_X=y\n"
+    ),
+    "kernel auto.conf appears": lambda r: _write(
+        r / f"lib/modules/{K}/build/include/config/auto.conf", "CONFIG_MODULES=y\n"
+    ),
+    "vmlinux appears": lambda r: _write(r / f"lib/modules/{K}/build/vmlinux", "\x7fELF"),
+    **{
+        f"override {name} appears": (lambda r, n=name: _write(r / "etc/dkms" / n, "# x\n"))
+        for name in (
+            "m.conf",
+            "m-1.0.conf",
+            f"m-1.0-{K}.conf",
+            f"m-1.0-{K}-{ARCH}.conf",
+            f"m--{K}.conf",
+            f"m--{K}-{ARCH}.conf",
+        )
+    },
+}
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _append(path: Path, text: str) -> None:
+    with path.open("a") as fh:
+        fh.write(text)
+
+
+def _copy(path: Path) -> Path:
+    new = path.with_name("dkms.conf.new")
+    new.write_bytes(path.read_bytes())
+    return new
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_each_stamp_change_is_a_miss(tree: Path, make_session: Make, change: str) -> None:
+    query(make_session, tree)
+    CHANGES[change](tree)
+    query(make_session, tree)
+    assert evaluations(tree) == 2
+    query(make_session, tree)
+    assert evaluations(tree) == 2  # and the new answer is cached again
+
+
+def test_override_edit_is_a_miss(tree: Path, make_session: Make) -> None:
+    override = tree / "etc/dkms/m.conf"
+    override.write_text("# one\n")
+    query(make_session, tree)
+    override.write_text("# one, two\n")
+    query(make_session, tree)
+    assert evaluations(tree) == 2
+
+
+def test_override_removed_is_a_miss(tree: Path, make_session: Make) -> None:
+    override = tree / "etc/dkms/m-1.0.conf"
+    override.write_text("AUTOINSTALL=no\n")
+    query(make_session, tree)
+    override.unlink()
+    query(make_session, tree)
+    assert evaluations(tree) == 2
+
+
+def test_other_kernel_is_another_entry(tree: Path, make_session: Make) -> None:
+    other = "6.1.0-2-amd64"
+    (tree / f"lib/modules/{other}/build/include").mkdir(parents=True)
+    query(make_session, tree)
+    query(make_session, tree, other)
+    query(make_session, tree)
+    query(make_session, tree, other)
+    assert evaluations(tree) == 2
+
+
+@pytest.mark.parametrize("content", ["not json", '{"schema": 999}', '{"schema": 1}', ""])
+def test_unreadable_or_foreign_cache_file_is_a_miss(
+    tree: Path, make_session: Make, content: str
+) -> None:
+    query(make_session, tree)
+    (path,) = (tree / "var/lib/dkmshooks/confcache").iterdir()
+    path.write_text(content)
+    query(make_session, tree)
+    assert evaluations(tree) == 2
+
+
+def test_builds_never_use_the_cache(tree: Path, make_session: Make) -> None:
+    query(make_session, tree)
+    for _ in range(2):
+        session, _ = make_session()
+        session.read_conf("m", "1.0", K, ARCH, strict=True)
+    assert evaluations(tree) == 3
+
+
+def test_without_write_access_it_still_answers(tree: Path, make_session: Make) -> None:
+    state = tree / "var/lib/dkmshooks"
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_text("not a directory\n")  # so nothing can be created below it
+    query(make_session, tree)
+    query(make_session, tree)
+    assert evaluations(tree) == 2
