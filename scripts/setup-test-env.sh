@@ -30,6 +30,8 @@ packages+=(dnf python3-dnf rpm createrepo-c systemd)
 packages+=(debhelper dh-python lintian)
 # apt e2e and boot tiers: debootstrap makes the Debian chroot; qemu boots its kernels (TCG).
 packages+=(debootstrap qemu-system-x86)
+# pyalpm (the pacman adapter's optional binding) builds against libalpm and what libalpm.pc needs.
+packages+=(libalpm-dev libarchive-dev libcurl4-openssl-dev libgpgme-dev pkg-config)
 for k in "${kernels[@]}"; do
     packages+=("linux-headers-$k")
 done
@@ -78,6 +80,12 @@ if [[ $have != "$want" || $tools_present != true ]]; then
     say "installing dkmshooks and its test tools into .venv"
     .venv/bin/python -m pip install --quiet -e '.[test]' </dev/null
     printf '%s\n' "$want" >"$stamp"
+fi
+
+# Debian has no python3-pyalpm; PyPI's builds against the libalpm installed above.
+if ! .venv/bin/python -c 'import pyalpm' 2>/dev/null; then
+    say "installing pyalpm into .venv"
+    .venv/bin/python -m pip install --quiet pyalpm </dev/null
 fi
 
 say "ready: .venv ($(.venv/bin/python --version)), kernels: ${kernels[*]}"
