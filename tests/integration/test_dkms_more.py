@@ -160,3 +160,54 @@ def test_rpm_safe_upgrade_cancels_the_remove_of_the_same_transaction(sandbox: Sa
     )
     assert os.listdir(tmp) == []
     assert sandbox.dkms("status").output == "dkms_test/1.0: added\n"
+
+
+def test_etc_dkms_patches_and_script_overrides(sandbox: Sandbox, kernels: list[str]) -> None:
+    kver = kernels[-1]
+    sandbox.add_source(DATA / "dkms_scripts_test-1.0")
+    shipped = sandbox.read_text("/usr/src/dkms_scripts_test-1.0/dkms.conf")
+    patch_name = next(
+        line.split("=", 1)[1].strip('"')
+        for line in shipped.splitlines()
+        if line.startswith("PATCH[0]")
+    )
+    original_patch = sandbox.read_text(f"/usr/src/dkms_scripts_test-1.0/patches/{patch_name}")
+    # the admin's copy of the patch changes the printed text differently
+    sandbox.write_text(
+        f"/etc/dkms/dkms_scripts_test/patches/{patch_name}",
+        original_patch.replace("patched by PATCH[0]", "patched by the admin"),
+    )
+    post_install = next(
+        line.split("=", 1)[1].strip('"').split()[0]
+        for line in shipped.splitlines()
+        if line.startswith("POST_INSTALL")
+    )
+    override = f"/etc/dkms/dkms_scripts_test/{Path(post_install).name}"
+    sandbox.write_text(override, "#!/bin/sh\necho admin post_install override ran\n")
+    sandbox.check(["chmod", "+x", override])
+    result = sandbox.dkms("install", "dkms_scripts_test/1.0", "-k", kver)
+    assert result.rc == 0, result.output
+    assert "admin post_install override ran\n" in result.output
+    module = f"/lib/modules/{kver}/updates/dkms/dkms_scripts_test.ko"
+    strings = sandbox.check(["sh", "-c", f"strings {module} | grep 'patched by' || true"])
+    assert "patched by the admin" in strings, strings
+
+
+def test_build_environment_is_imported(sandbox: Sandbox, kernels: list[str]) -> None:
+    kver = kernels[-1]
+    sandbox.add_source(DATA / "dkms_test-1.0")
+    sandbox.write_text("/etc/dkms/toolset.env", "export DKMS_TEST_TOOLSET=from-build-environment\n")
+    sandbox.write_text(
+        "/etc/dkms/framework.conf.d/env.conf", "build_environment=/etc/dkms/toolset.env\n"
+    )
+    # the conf's MAKE shows what the build saw; dkms expands conf values twice, so `\$` is what
+    # defers a variable to build time
+    conf = sandbox.read_text("/usr/src/dkms_test-1.0/dkms.conf")
+    sandbox.write_text(
+        "/usr/src/dkms_test-1.0/dkms.conf",
+        conf + "MAKE[0]='echo toolset=\\$DKMS_TEST_TOOLSET; make -C $kernel_source_dir M=\\$PWD'\n",
+    )
+    result = sandbox.dkms("build", "dkms_test/1.0", "-k", kver)
+    assert result.rc == 0, result.output
+    log = sandbox.read_text(f"/var/lib/dkms/dkms_test/1.0/{kver}/x86_64/log/make.log")
+    assert "toolset=from-build-environment\n" in log, log
