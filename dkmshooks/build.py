@@ -243,7 +243,18 @@ class Builder(SessionBase):
         )
 
         make_command = conf.make_command
-        if make_command.startswith("make"):
+        pass_fds: tuple[int, ...] = ()
+        shown = None
+        if make_command.startswith("make") and self.jobserver is not None:
+            # Concurrent builds share the engine's jobserver (jobserver.py): make runs without a
+            # -j of its own and gets its slots through MAKEFLAGS. What dkms prints and logs is
+            # the command it would run with the whole budget, which is what this one amounts to.
+            rest = make_command[len("make") :]
+            shown = f"make -j{self.jobserver.jobs} KERNELRELEASE={kver}{rest}"
+            make_command = f"make KERNELRELEASE={kver}{rest}"
+            env["MAKEFLAGS"] = self.jobserver.makeflags
+            pass_fds = self.jobserver.fds
+        elif make_command.startswith("make"):
             make_command = (
                 f"make -j{self.parallel_jobs} KERNELRELEASE={kver}" + make_command[len("make") :]
             )
@@ -254,6 +265,8 @@ class Builder(SessionBase):
             package_name=name,
             cwd=build_dir,
             env=env,
+            pass_fds=pass_fds,
+            shown=shown,
         )
         if rc != 0:
             self.report_build_problem(

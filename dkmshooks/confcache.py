@@ -17,20 +17,23 @@ written to a temporary file and renamed (no fsync: a lost or torn file is a cach
 from __future__ import annotations
 
 import atexit
-import hashlib
 import json
 import os
 import threading
-from dataclasses import asdict, fields
+import time
+from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from . import shellconf
-from .dkmsconf import ConfContext, DkmsConf, ModuleEntry, override_files
+from .dkmsconf import ConfContext, DkmsConf, ModuleEntry
+from .layout import Layout
 
 SCHEMA = 1
 #: entries kept per module/version: one per kernel/arch/context, the most recent first
 MAX_ENTRIES = 64
+MEMO_SECONDS = 1.0
 
 Stamp = list[int]
 
@@ -42,6 +45,34 @@ def stamp(path: str | os.PathLike[str]) -> Stamp:
     except OSError:
         return []
     return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+-")
+
+
+def _quote(name: str) -> str:
+    """A file name part for any module or version name, one-to-one (`%XX` for other bytes)."""
+    raw = name.encode("utf-8", "surrogateescape")
+    return "".join(chr(b) if chr(b) in _SAFE else f"%{b:02X}" for b in raw)
+
+
+def _names(directory: str) -> frozenset[str]:
+    try:
+        return frozenset(os.listdir(directory))
+    except OSError:
+        return frozenset()
+
+
+def override_names(module: str, version: str, kver: str, arch: str) -> list[str]:
+    """dkmsconf.override_files, as names in /etc/dkms (without building six Paths per line)."""
+    return [
+        f"{module}.conf",
+        f"{module}-{version}.conf",
+        f"{module}-{version}-{kver}.conf",
+        f"{module}-{version}-{kver}-{arch}.conf",
+        f"{module}--{kver}.conf",
+        f"{module}--{kver}-{arch}.conf",
+    ]
 
 
 def context_key(conf_path: Path, kver: str, arch: str, ctx: ConfContext) -> str:
@@ -67,75 +98,74 @@ def context_key(conf_path: Path, kver: str, arch: str, ctx: ConfContext) -> str:
     )
 
 
-def file_stamps(
-    conf_path: Path, module: str, version: str, kver: str, arch: str, ctx: ConfContext
-) -> list[Stamp]:
-    """The stamps of every file the evaluation read (see the module docstring)."""
-    files: list[str | Path] = [
-        conf_path,
-        *override_files(ctx.etc_dkms, module, version, kver, arch),
-        ctx.kernel_config,
-        os.path.join(ctx.kernel_source_dir, ".config"),
-        os.path.join(ctx.kernel_source_dir, "vmlinux"),
-    ]
-    return [stamp(f) for f in files]
-
-
 def _code_stamp() -> list[Stamp]:
     """Entries are only as good as the code that computed them: an upgrade of dkmshooks (even one
     that keeps SCHEMA) changes these stamps and empties the cache."""
-    from . import dkmsconf
+    from . import dkmsconf, versions
 
-    return [stamp(mod.__file__ or "") for mod in (dkmsconf, shellconf)] + [stamp(__file__)]
-
-
-def _encode(conf: DkmsConf) -> dict[str, Any]:
-    data = {f.name: getattr(conf, f.name) for f in fields(conf)}
-    data["path"] = os.fspath(conf.path)
-    data["modules"] = [asdict(m) for m in conf.modules]
-    data["patches"] = list(conf.patches)
-    data["build_depends"] = list(conf.build_depends)
-    data["values"] = {
-        "arrays": {
-            name: [[i, v] for i, v in sorted(idx.items())]
-            for name, idx in conf.values.arrays.items()
-        },
-        "deprecations": [list(d) for d in conf.values.deprecations],
-    }
-    return data
+    modules = (dkmsconf, shellconf, versions)
+    return [stamp(mod.__file__ or "") for mod in modules] + [stamp(__file__)]
 
 
-def _decode(data: dict[str, Any]) -> DkmsConf:
-    values = data["values"]
-    args = dict(data)
+# Entries are stored positionally, in the field order of the dataclasses (which the code stamp
+# pins): a status line's lookup is then mostly the JSON parse, and half the size of a dict's.
+_CONF_FIELDS = tuple(f.name for f in fields(DkmsConf))
+_MODULE_FIELDS = tuple(f.name for f in fields(ModuleEntry))
+
+
+def _encode(conf: DkmsConf) -> list[Any]:
+    out: list[Any] = []
+    for name in _CONF_FIELDS:
+        value = getattr(conf, name)
+        if name == "path":
+            value = os.fspath(value)
+        elif name == "modules":
+            value = [[getattr(m, f) for f in _MODULE_FIELDS] for m in value]
+        elif name == "values":
+            value = [
+                [[n, [[i, v] for i, v in sorted(idx.items())]] for n, idx in value.arrays.items()],
+                [list(d) for d in value.deprecations],
+            ]
+        elif isinstance(value, tuple):
+            value = list(value)
+        out.append(value)
+    return out
+
+
+def _decode(data: list[Any]) -> DkmsConf:
+    args = dict(zip(_CONF_FIELDS, data))
+    arrays, deprecations = args["values"]
     args.update(
-        path=Path(data["path"]),
-        modules=tuple(ModuleEntry(**m) for m in data["modules"]),
-        patches=tuple(data["patches"]),
-        build_depends=tuple(data["build_depends"]),
+        path=Path(args["path"]),
+        modules=tuple(ModuleEntry(*m) for m in args["modules"]),
+        patches=tuple(args["patches"]),
+        build_depends=tuple(args["build_depends"]),
         values=shellconf.ShellValues(
-            arrays={
-                name: {int(i): v for i, v in pairs} for name, pairs in values["arrays"].items()
-            },
-            deprecations=tuple(tuple(d) for d in values["deprecations"]),
+            arrays={n: {i: v for i, v in pairs} for n, pairs in arrays},
+            deprecations=tuple(tuple(d) for d in deprecations),
         ),
     )
     return DkmsConf(**args)
 
 
 class ConfCache:
-    """The cache of one state directory; shared by every session and thread of the process."""
+    """The cache of one state directory; shared by every session and thread of the process.
+    `read_only`: use what is there, write nothing (`dkmshooks plan` and `doctor` promise to
+    change nothing on disk)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self.read_only = False
         self._files: dict[tuple[str, str], dict[str, Any]] = {}
         self._dirty: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._code: list[Stamp] | None = None
+        # stat() results reused for MEMO_SECONDS: `dkms status` asks about the same dkms.conf,
+        # /etc/dkms and kernel config once per line (10,000 lines on a big tree)
+        self._memo: dict[str, tuple[float, Any]] = {}
 
     def _path(self, module: str, version: str) -> Path:
-        digest = hashlib.sha256(f"{module}\0{version}".encode("utf-8", "surrogateescape"))
-        return self.directory / f"{digest.hexdigest()[:32]}.json"
+        return self.directory / f"{_quote(module)}@{_quote(version)}.json"
 
     def _load(self, module: str, version: str) -> dict[str, Any]:
         key = (module, version)
@@ -167,13 +197,67 @@ class ConfCache:
             self._files[key] = data
         return data
 
+    def _memo_get(self, path: str, fn: Callable[[str], Any]) -> Any:
+        now = time.monotonic()
+        hit = self._memo.get(path)
+        if hit is not None and now - hit[0] < MEMO_SECONDS:
+            return hit[1]
+        value = fn(path)
+        self._memo[path] = (now, value)
+        return value
+
+    def file_stamps(
+        self, conf_path: Path, module: str, version: str, kver: str, arch: str, ctx: ConfContext
+    ) -> list[Stamp]:
+        """The stamps of every file the evaluation read (see the module docstring)."""
+        etc = os.fspath(ctx.etc_dkms)
+        present = self._memo_get(etc, _names)
+        src = os.fspath(ctx.kernel_source_dir)
+        stamps = [self._memo_get(os.fspath(conf_path), stamp)]
+        for name in override_names(module, version, kver, arch):
+            stamps.append(stamp(os.path.join(etc, name)) if name in present else [])
+        for path in (
+            os.fspath(ctx.kernel_config),
+            os.path.join(src, ".config"),
+            os.path.join(src, "vmlinux"),
+        ):
+            stamps.append(self._memo_get(path, stamp))
+        return stamps
+
+    @staticmethod
+    def digest(stamps: list[Stamp]) -> str:
+        """What an entry stores of its stamps: one string parses much faster than 40 ints."""
+        return repr(stamps)
+
+    def same_content(self, module: str, version: str, a: str, b: str) -> bool:
+        """fsutil.same_content, remembered while neither file changes (status compares every
+        built module with its installed copy: megabytes per line otherwise)."""
+        from . import fsutil
+
+        stamps = [stamp(a), stamp(b)]
+        key = f"{a}\0{b}"
+        with self._lock:
+            same = self._load(module, version).setdefault("same", {})
+            hit = same.get(key)
+        if isinstance(hit, list) and len(hit) == 2 and hit[0] == stamps:
+            return bool(hit[1])
+        verdict = fsutil.same_content(Path(a), Path(b))
+        if [stamp(a), stamp(b)] == stamps and stamps[0] and stamps[1]:
+            with self._lock:
+                same.pop(key, None)
+                same[key] = [stamps, verdict]
+                while len(same) > MAX_ENTRIES * 4:
+                    same.pop(next(iter(same)))
+                self._dirty.add((module, version))
+        return verdict
+
     def get(self, module: str, version: str, key: str, stamps: list[Stamp]) -> DkmsConf | None:
         with self._lock:
             entry = self._load(module, version)["entries"].get(key)
-        if not isinstance(entry, dict) or entry.get("stamps") != stamps:
+        if not isinstance(entry, list) or len(entry) != 2 or entry[0] != self.digest(stamps):
             return None
         try:
-            return _decode(entry["conf"])
+            return _decode(entry[1])
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -182,7 +266,7 @@ class ConfCache:
             data = self._load(module, version)
             entries: dict[str, Any] = data["entries"]
             entries.pop(key, None)
-            entries[key] = {"stamps": stamps, "conf": _encode(conf)}
+            entries[key] = [self.digest(stamps), _encode(conf)]
             while len(entries) > MAX_ENTRIES:
                 entries.pop(next(iter(entries)))
             self._dirty.add((module, version))
@@ -192,12 +276,13 @@ class ConfCache:
         self.flush()
         with self._lock:
             self._files.clear()
+            self._memo.clear()
 
     def flush(self) -> None:
         """Write what changed; quietly nothing where we may not write (a user's `dkms status`)."""
         with self._lock:
             dirty, self._dirty = self._dirty, set()
-            if not dirty:
+            if not dirty or self.read_only:
                 return
             try:
                 self.directory.mkdir(parents=True, exist_ok=True)
@@ -219,6 +304,15 @@ class ConfCache:
 
 _caches: dict[Path, ConfCache] = {}
 _caches_lock = threading.Lock()
+_by_layout: dict[Layout, ConfCache] = {}
+
+
+def for_layout(layout: Layout) -> ConfCache:
+    """for_directory(layout.state_dir / "confcache"), without recomputing the path per line."""
+    cache = _by_layout.get(layout)
+    if cache is None:
+        cache = _by_layout[layout] = for_directory(layout.state_dir / "confcache")
+    return cache
 
 
 def for_directory(directory: Path) -> ConfCache:

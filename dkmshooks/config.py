@@ -12,11 +12,6 @@ from typing import Any
 from .errors import DkmsError
 from .layout import Layout
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on RHEL 9's Python 3.9
-    import tomli as tomllib
-
 INITRAMFS_POLICIES = ("auto", "always", "never")
 
 
@@ -101,6 +96,11 @@ def load_config(layout: Layout) -> Config:
         return Config()
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    # imported here: most hosts have no config.toml, and every hook call would pay for the parser
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on RHEL 9's Python 3.9
+        import tomli as tomllib
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:

@@ -9,7 +9,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
-from . import run, state
+from . import confcache, run, state
 from .config import Config, load_config, log_path_for
 from .console import note
 from .engine import hook_session, plan_kernel
@@ -176,6 +176,7 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     except DkmsError as exc:
         note(" ".join(exc.lines))
         return 1
+    confcache.for_layout(session.layout).read_only = True  # diagnosing changes nothing
     findings = diagnose(session, config)
     if opts.json:
         print(json.dumps({"schema": 1, "findings": [asdict(f) for f in findings]}, sort_keys=True))

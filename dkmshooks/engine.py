@@ -11,7 +11,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from . import initramfs, state
 from .config import Config, load_config, log_path_for
 from .console import Console
 from .errors import DkmsError, HeadersMissingError
+from .jobserver import JobServer
 from .session import Options
 from .status import Session
 from .trigger import Trigger
@@ -103,6 +103,8 @@ class Candidate:
     version: str
     depends: tuple[str, ...]
     excluded: bool = False
+    #: its MAKE does not start with `make`: dkms gives it no -j, it builds on one core
+    serial: bool = False
 
 
 @dataclass
@@ -136,9 +138,18 @@ def latest_versions(session: Session) -> tuple[list[tuple[str, str]], list[str]]
     return [(m, latest[m]) for m in order], broken
 
 
-def plan_kernel(session: Session, kver: str, arch: str, *, only: Sequence[str] = ()) -> KernelPlan:
+def plan_kernel(
+    session: Session,
+    kver: str,
+    arch: str,
+    *,
+    only: Sequence[str] = (),
+    registered: tuple[list[tuple[str, str]], list[str]] | None = None,
+) -> KernelPlan:
+    """`registered`: latest_versions(session), when the caller plans several kernels."""
     plan = KernelPlan(kver, arch)
-    modules, plan.broken = latest_versions(session)
+    modules, broken = registered if registered is not None else latest_versions(session)
+    plan.broken = list(broken)
     for module, version in modules:
         if only and module not in only:
             continue
@@ -161,7 +172,13 @@ def plan_kernel(session: Session, kver: str, arch: str, *, only: Sequence[str] =
         if not conf.autoinstall:
             continue
         plan.candidates.append(
-            Candidate(module, version, conf.build_depends, excluded=conf.build_exclude)
+            Candidate(
+                module,
+                version,
+                conf.build_depends,
+                excluded=conf.build_exclude,
+                serial=not conf.make_command.startswith("make"),
+            )
         )
     return plan
 
@@ -204,14 +221,25 @@ def run_tasks(
     on_end: Callable[[TaskRun], None] | None = None,
     extra_options: Mapping[str, object] | None = None,
 ) -> None:
-    """Run independent tasks concurrently. The make job budget is shared: with N tasks at once,
-    each build gets budget // N jobs (at least one)."""
+    """Run independent tasks concurrently. The make job budget is shared, not multiplied: the
+    builds take their jobs from one GNU make jobserver of `budget` slots (jobserver.py), and the
+    tasks start longest first, so a long serial build is not the one left running alone at the
+    end. Callers report in their own order: `tasks` itself is not reordered."""
     if not tasks:
         return
     workers = max(1, min(budget, len(tasks)))
     jobs = str(max(1, budget // workers)) if session.settings.parallel_jobs != "0" else "0"
+    jobserver = JobServer(budget) if workers > 1 and jobs != "0" else None
 
     def one(task: TaskRun) -> None:
+        release = jobserver.acquire() if jobserver is not None else None
+        try:
+            run_one(task)
+        finally:
+            if release is not None:
+                release()
+
+    def run_one(task: TaskRun) -> None:
         sub = fork(task_session, task.console, **(extra_options or {}))
         if on_start is not None:
             on_start(task)
@@ -233,13 +261,51 @@ def run_tasks(
         if on_end is not None:
             on_end(task)
 
-    task_session = replace(session, settings=replace(session.settings, parallel_jobs=jobs))
+    task_session = replace(
+        session, settings=replace(session.settings, parallel_jobs=jobs), jobserver=jobserver
+    )
     if workers == 1:
         for task in tasks:
             one(task)
         return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(one, tasks))
+    from concurrent.futures import ThreadPoolExecutor  # only when there is work for two
+
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(one, longest_first(session, tasks, budget)))
+    finally:
+        assert jobserver is not None
+        jobserver.close()
+
+
+def longest_first(session: Session, tasks: Sequence[TaskRun], budget: int) -> list[TaskRun]:
+    """Tasks by expected build time, longest first (LPT scheduling). The estimate is the size of
+    the sources a build compiles; a serial build cannot spread over the budget, so its estimate
+    counts `budget` times. Tasks that need no build go last. Stable for equal estimates."""
+
+    def estimate(task: TaskRun) -> float:
+        if not task.needs_build:
+            return 0.0
+        c = task.candidate
+        size = _source_bytes(session.layout.source_link(c.module, c.version))
+        return float(size * budget if c.serial else size)
+
+    return sorted(tasks, key=estimate, reverse=True)
+
+
+_SOURCE_SUFFIXES = (".c", ".h", ".S", ".cc", ".cpp", ".rs")
+
+
+def _source_bytes(top: Path) -> int:
+    total = 0
+    for dirpath, _dirnames, filenames in os.walk(top, followlinks=False):
+        for name in filenames:
+            if name.endswith(_SOURCE_SUFFIXES):
+                try:
+                    total += os.lstat(os.path.join(dirpath, name)).st_size
+                except OSError:
+                    pass
+    return total
 
 
 # -- dkms mode: autoinstall, kernel_prerm, kernel_preinst ----------------------------------------

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import json
 from collections.abc import Mapping, Sequence
 
 from . import __version__
@@ -71,6 +69,8 @@ def hook(argv: Sequence[str], environ: Mapping[str, str]) -> int:
 
 
 def trigger(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    import argparse  # here: the package-manager hooks, which never need it, run on every call
+
     from .engine import handle_trigger
     from .trigger import KERNEL_EVENTS, KernelEvent, ModuleEvent, Trigger, new_transaction_id
 
@@ -117,4 +117,6 @@ def trigger(argv: Sequence[str], environ: Mapping[str, str]) -> int:
 
 
 def dump_json(obj: object) -> str:
+    import json
+
     return json.dumps(obj, sort_keys=True)

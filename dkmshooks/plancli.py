@@ -8,17 +8,23 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from . import confcache
 from .console import note
-from .engine import hook_session, plan_kernel
+from .engine import hook_session, latest_versions, plan_kernel
 from .errors import DkmsError
 from .status import Session
 
 
-def describe(session: Session, kver: str, arch: str) -> dict[str, Any]:
+def describe(
+    session: Session,
+    kver: str,
+    arch: str,
+    registered: tuple[list[tuple[str, str]], list[str]] | None = None,
+) -> dict[str, Any]:
     facts = session.facts(kver)
     headers = facts.headers_complete
     image = facts.image_ready(session.layout)
-    plan = plan_kernel(session, kver, arch)
+    plan = plan_kernel(session, kver, arch, registered=registered)
     actions: list[dict[str, Any]] = []
     for module in plan.already:
         actions.append({"module": module, "action": "already-installed"})
@@ -66,6 +72,7 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     except DkmsError as exc:
         note(" ".join(exc.lines))
         return 1
+    confcache.for_layout(session.layout).read_only = True  # a plan changes nothing on disk
     arch = os.uname().machine
     kernels = opts.kernel
     if not kernels:
@@ -73,7 +80,8 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
             kernels = sorted(os.listdir(session.layout.install_tree))
         except OSError:
             kernels = []
-    result = [describe(session, k, arch) for k in kernels]
+    registered = latest_versions(session)  # once for every kernel
+    result = [describe(session, k, arch, registered) for k in kernels]
     if opts.json:
         print(json.dumps({"schema": 1, "kernels": result}, sort_keys=True))
         return 0

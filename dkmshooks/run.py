@@ -110,13 +110,17 @@ def run_logged(
     env: Mapping[str, str] | None = None,
     tick: Callable[[], None] | None = None,
     tick_seconds: float = 3.0,
+    pass_fds: Sequence[int] = (),
+    shown: str | None = None,
 ) -> int:
     """Run a bash command string the way dkms's invoke_command does with a log file: a block in
     the log with the description, `# command:`, the output, exit code and elapsed time.
-    `tick` is called every `tick_seconds` while the command runs (dkms's progress dots)."""
+    `tick` is called every `tick_seconds` while the command runs (dkms's progress dots).
+    `pass_fds`: descriptors the command inherits (the engine's make jobserver); `shown`: the
+    command the log names, when it differs in form only (see Builder.do_build)."""
     start = time.monotonic()
     with open(logfile, "a", encoding="utf-8", errors="surrogateescape") as fh:
-        fh.write(f"\n{description}\n# command: {command}\n")
+        fh.write(f"\n{description}\n# command: {shown or command}\n")
         fh.flush()
         _flush()
         log.debug("+ %s", command)
@@ -127,6 +131,7 @@ def run_logged(
             stdin=subprocess.DEVNULL,
             stdout=fh,
             stderr=subprocess.STDOUT,
+            pass_fds=tuple(pass_fds),
         )
         while True:
             try:

@@ -7,11 +7,11 @@ import os
 import random
 import re
 import string
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import run
+from . import confcache, run
 from .console import Console
 from .dkmsconf import ConfContext, DkmsConf, read_conf, strict_checks
 from .errors import (
@@ -22,6 +22,7 @@ from .errors import (
     UsageError,
 )
 from .framework import Settings
+from .jobserver import JobServer
 from .kernel import (
     KernelFacts,
     kernel_facts,
@@ -58,6 +59,11 @@ class Signing:
     cert: str = ""
 
 
+# ConfContext per kernel for confcache lookups, shared by a session's forks (the same settings,
+# options and environment give the same context; it holds the environment, so ids stay unique)
+_CONTEXTS: dict[tuple[object, ...], ConfContext] = {}
+
+
 @dataclass
 class SessionBase:
     """One dkms invocation: settings, options, and the little state dkms keeps between steps."""
@@ -72,6 +78,8 @@ class SessionBase:
     signing: Signing = field(default_factory=Signing)
     _suffix_cache: dict[str, str] = field(default_factory=dict)
     _conf_cache: dict[tuple[object, ...], DkmsConf] = field(default_factory=dict)
+    #: set by the engine while builds run concurrently (see jobserver.py)
+    jobserver: JobServer | None = None
 
     @property
     def layout(self) -> Layout:
@@ -140,6 +148,8 @@ class SessionBase:
             path or self.options.conf or self.layout.source_link(module, version) / ("dkms.conf")
         )
         shown = str(path) if path is not None else str(self.options.conf or "")
+        if persistent and not strict and not self.options.directives and module and version:
+            return self._read_conf_cached(conf_path, module, version, kver, arch, shown)
         # dkms does not re-read a conf it just read for the same module/version/kernel/arch:
         # the deprecation warnings and DIRECTIVE lines appear once; the strict checks rerun.
         key = (
@@ -157,34 +167,38 @@ class SessionBase:
             if strict:
                 strict_checks(cached, self.console)
             return cached
-        ctx = self.conf_context(kver)
-        if persistent and not strict and not self.options.directives and module and version:
-            from . import confcache
-
-            cache = confcache.for_directory(self.layout.state_dir / "confcache")
-            ckey = confcache.context_key(conf_path, kver, arch, ctx)
-            stamps = confcache.file_stamps(conf_path, module, version, kver, arch, ctx)
-            conf = cache.get(module, version, ckey, stamps)
-            if conf is None:
-                conf = read_conf(
-                    conf_path, module, version, kver, arch, ctx, self.console, shown_path=shown
-                )
-                cache.put(module, version, ckey, stamps, conf)
-            self._conf_cache[key] = conf
-            return conf
         conf = read_conf(
             conf_path,
             module,
             version,
             kver,
             arch,
-            ctx,
+            self.conf_context(kver),
             self.console,
             strict=strict,
             shown_path=shown,
         )
         if not self.options.directives:
             self._conf_cache[key] = conf
+        return conf
+
+    def _read_conf_cached(
+        self, conf_path: Path, module: str, version: str, kver: str, arch: str, shown: str
+    ) -> DkmsConf:
+        """read_conf for status and plan, through confcache (one lookup per status line)."""
+        cache = confcache.for_layout(self.layout)
+        memo = (kver, self.settings, self.options, id(self.environ))
+        ctx = _CONTEXTS.get(memo)
+        if ctx is None:
+            ctx = _CONTEXTS[memo] = self.conf_context(kver)
+        ckey = confcache.context_key(conf_path, kver, arch, ctx)
+        stamps = cache.file_stamps(conf_path, module, version, kver, arch, ctx)
+        conf = cache.get(module, version, ckey, stamps)
+        if conf is None:
+            conf = read_conf(
+                conf_path, module, version, kver, arch, ctx, self.console, shown_path=shown
+            )
+            cache.put(module, version, ckey, stamps, conf)
         return conf
 
     # -- output helpers ------------------------------------------------------------------------
@@ -207,10 +221,14 @@ class SessionBase:
         package_name: str,
         cwd: Path | None = None,
         env: Mapping[str, str] | None = None,
+        pass_fds: Sequence[int] = (),
+        shown: str | None = None,
     ) -> int:
-        """dkms's invoke_command in background mode."""
+        """dkms's invoke_command in background mode. `shown` is what to print and log as the
+        command when it differs from the one run in form only (the jobserver's make)."""
+        display = shown or command
         if self.verbose:
-            self.console.echo(command)
+            self.console.echo(display)
         else:
             self.console.write(f"{description}...")
         tick = self._ticker(package_name)
@@ -222,13 +240,15 @@ class SessionBase:
                 cwd=cwd,
                 env=env,
                 tick=tick,  # type: ignore[arg-type]
+                pass_fds=pass_fds,
+                shown=display,
             )
         else:
             rc = run.run_quiet_status(command, cwd=cwd, env=env, tick=tick)  # type: ignore[arg-type]
         if rc > 0:
             self.console.write(f"(bad exit status: {rc})")
             if not self.verbose:
-                self.console.write(f"\nFailed command:\n{command}\n")
+                self.console.write(f"\nFailed command:\n{display}\n")
         else:
             self.console.write(" done.\n")
         return rc

@@ -4,12 +4,13 @@ facts as JSON (`dkms status --json`), `dkms list` and `dkms config`."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import fsutil
+from . import confcache, fsutil
 from .errors import BadConfError, DkmsError
 from .install import Installer
 from .kernel import compressed_or_uncompressed
@@ -34,43 +35,66 @@ class Extras:
         return out
 
 
+def _plain_or_packed(
+    directory: str, name: str, suffix: Callable[[str], str], kver: str
+) -> str | None:
+    """kernel.compressed_or_uncompressed on strings, asking for the suffix only if needed."""
+    plain = os.path.join(directory, f"{name}.ko")
+    if os.path.exists(plain):
+        return plain
+    ext = suffix(kver)
+    packed = f"{plain}{ext}"
+    if ext and os.path.exists(packed):
+        return packed
+    return None
+
+
 class Session(Installer):
     """A dkms invocation with every lifecycle action."""
 
     # -- status --------------------------------------------------------------------------------
 
     def status_extras(self, module: str, version: str, kver: str, arch: str) -> Extras:
+        tree = os.fspath(self.layout.dkms_tree)
         try:
             conf = self.read_conf(
                 module,
                 version,
                 kver,
                 arch,
-                self.layout.source_link(module, version) / "dkms.conf",
+                Path(tree, module, version, "source", "dkms.conf"),
                 persistent=True,
             )
         except DkmsError as exc:
             if not isinstance(exc, BadConfError):
                 self.console.error(*exc.lines)
             return Extras()
-        original = self.layout.original_module_dir(module, kver, arch).is_dir()
-        suffix = self.suffix(kver)
+        original = os.path.isdir(os.path.join(tree, module, "original_module", kver, arch))
+        built = os.path.join(tree, module, version, kver, arch, "module")
         installed = self.tree.is_active(module, version, kver, arch)
+        modules_dir = f"{os.fspath(self.layout.install_tree).rstrip('/')}/{kver}"
+        cache = confcache.for_layout(self.layout)
         for entry in conf.active_modules:
-            tree_mod = compressed_or_uncompressed(
-                self.layout.built_dir(module, version, kver, arch) / "module",
-                entry.dest_name,
-                suffix,
-            )
+            # the kernel's compression suffix (a walk of its module tree) only matters when
+            # the plain .ko is not there
+            tree_mod = _plain_or_packed(built, entry.dest_name, self.suffix, kver)
             if tree_mod is None:
                 return Extras(original, built_modules_missing=True)
-            if installed:
-                real = self.find_actual_dest(module, kver, arch, entry)
-                real_mod = compressed_or_uncompressed(
-                    Path(f"{self.layout.modules_dir(kver)}{real or ''}"), entry.dest_name, suffix
-                )
-                if real_mod is None or not fsutil.same_content(tree_mod, real_mod):
-                    return Extras(original, differences=True)
+            if not installed:
+                continue
+            # find_actual_dest looks at dest_location first and takes it when the module there
+            # has the built one's version info; a byte-identical copy settles both questions
+            first = _plain_or_packed(
+                f"{modules_dir}{entry.dest_location}", entry.dest_name, self.suffix, kver
+            )
+            if first is not None and cache.same_content(module, version, tree_mod, first):
+                continue
+            real = self.find_actual_dest(module, kver, arch, entry)
+            real_mod = compressed_or_uncompressed(
+                Path(f"{modules_dir}{real or ''}"), entry.dest_name, self.suffix(kver)
+            )
+            if real_mod is None or not fsutil.same_content(Path(tree_mod), real_mod):
+                return Extras(original, differences=True)
         return Extras(original)
 
     def status_extra(self, module: str, version: str, kver: str, arch: str) -> str:

@@ -16,7 +16,10 @@ _ACTIVE_LINK = re.compile(r"^kernel-.*-")
 
 
 def _glob_sorted(names: list[str]) -> list[str]:
-    # bash glob order in the C locale, which is how hooks and root shells run
+    # bash glob order in the C locale, which is how hooks and root shells run; for ASCII names
+    # (nearly all) code point order is that byte order, and much cheaper to get
+    if all(n.isascii() for n in names):
+        return sorted(names)
     return sorted(names, key=os.fsencode)
 
 
@@ -48,7 +51,9 @@ class StatusEntry:
 class Tree:
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
-        self._dkms_tree = os.fspath(layout.dkms_tree)
+        # as a string without a trailing slash: the names joined to it come from listdir or
+        # from check_name, never absolute, so f-strings join them as os.path.join would
+        self._dkms_tree = os.fspath(layout.dkms_tree).rstrip("/")
 
     # The predicates below run for every status line and plan entry (10,000 of them on a big
     # tree), so they use os.path on strings rather than pathlib (docs/performance.md).
@@ -56,10 +61,10 @@ class Tree:
     def is_broken(self, module: str, version: str) -> bool:
         if not module or not version:
             return False
-        vdir = os.path.join(self._dkms_tree, module, version)
+        vdir = f"{self._dkms_tree}/{module}/{version}"
         if not os.path.isdir(vdir):
             return False
-        src = os.path.join(vdir, "source")
+        src = f"{vdir}/source"
         if os.path.islink(src):
             return not os.path.isdir(src)
         return self.layout.module_source(module, version).is_dir()
@@ -67,20 +72,20 @@ class Tree:
     def is_added(self, module: str, version: str) -> bool:
         if not module or not version:
             return False
-        src = os.path.join(self._dkms_tree, module, version, "source")
+        src = f"{self._dkms_tree}/{module}/{version}/source"
         return os.path.islink(src) and os.path.isdir(src)
 
     def is_built(self, module: str, version: str, kver: str, arch: str) -> bool:
         if not (module and version and kver and arch):
             return False
-        kdir = os.path.join(self._dkms_tree, module, version, kver)
-        built = os.path.join(kdir, arch)
+        kdir = f"{self._dkms_tree}/{module}/{version}/{kver}"
+        built = f"{kdir}/{arch}"
         if os.path.islink(kdir) or os.path.islink(built):
             return False  # planted, not built by us: never trusted, never followed (issue #9)
-        return os.path.isdir(os.path.join(built, "module"))
+        return os.path.isdir(f"{built}/module")
 
     def is_active(self, module: str, version: str, kver: str, arch: str) -> bool:
-        link = os.path.join(self._dkms_tree, module, f"kernel-{kver}-{arch}")
+        link = f"{self._dkms_tree}/{module}/kernel-{kver}-{arch}"
         try:
             target = os.readlink(link)
         except OSError:

@@ -179,3 +179,47 @@ def test_without_write_access_it_still_answers(tree: Path, make_session: Make) -
     query(make_session, tree)
     query(make_session, tree)
     assert evaluations(tree) == 2
+
+
+def test_override_names_are_dkmsconfs() -> None:
+    from dkmshooks.dkmsconf import override_files
+
+    names = [p.name for p in override_files(Path("/etc/dkms"), "m", "1.0", K, ARCH)]
+    assert confcache.override_names("m", "1.0", K, ARCH) == names
+
+
+def test_same_content_verdict_follows_both_files(tree: Path) -> None:
+    cache = confcache.ConfCache(tree / "cache")
+    a, b = tree / "a.ko", tree / "b.ko"
+    a.write_bytes(b"\x7fELF one")
+    b.write_bytes(b"\x7fELF one")
+    assert cache.same_content("m", "1.0", str(a), str(b))
+    cache.reload()
+    b.write_bytes(b"\x7fELF two")  # same size
+    _touch_later(b)
+    assert not cache.same_content("m", "1.0", str(a), str(b))
+    cache.reload()
+    a.write_bytes(b"\x7fELF two")
+    _touch_later(a)
+    assert cache.same_content("m", "1.0", str(a), str(b))
+    b.unlink()
+    assert not cache.same_content("m", "1.0", str(a), str(b))
+
+
+def test_read_only_cache_answers_but_writes_nothing(tree: Path, make_session: Make) -> None:
+    session, _ = make_session()
+    cache = confcache.for_layout(session.layout)
+    cache.reload()
+    cache.read_only = True
+    try:
+        query(make_session, tree)
+        assert not (tree / "var/lib/dkmshooks/confcache").exists()
+    finally:
+        cache.read_only = False
+    query(make_session, tree)  # now it is written, and the read-only user reads it
+    cache.read_only = True
+    try:
+        query(make_session, tree)
+    finally:
+        cache.read_only = False
+    assert evaluations(tree) == 2
