@@ -491,18 +491,21 @@ def _classify(task: TaskRun, installed: list[str], skipped: list[str], failed: l
         failed.append(f"{m}({task.rc})")
 
 
-def dkms_kernel_remove(
-    session: Session, kver: str, arch: str, *, preinst: bool, log: LogSink | None = None
-) -> int:
-    """kernel_prerm (unbuild everything built for K) and kernel_preinst (unbuild AUTOINSTALL
-    modules so postinst rebuilds them). depmod runs once at the end — really (dkms skips it)."""
-    console = session.console
-    failed: list[str] = []
-    delayed = fork(session, console, delayed_depmod=True)
+def built_for_kernel(
+    session: Session,
+    kver: str,
+    arch: str,
+    *,
+    autoinstall_only: bool,
+    skip_bad_conf: bool = False,
+) -> list[tuple[str, str]]:
+    """The module/versions built for K/A (only those with AUTOINSTALL when asked: the modules a
+    kernel_preinst unbuilds so the postinst rebuilds them)."""
+    found = []
     for module, version in list(session.tree.module_versions()):
         if not session.tree.is_built(module, version, kver, arch):
             continue
-        if preinst:
+        if autoinstall_only:
             try:
                 conf = session.read_conf(
                     module,
@@ -512,9 +515,25 @@ def dkms_kernel_remove(
                     session.layout.source_link(module, version) / "dkms.conf",
                 )
             except DkmsError:
+                if skip_bad_conf:
+                    continue
                 raise
             if not conf.autoinstall:
                 continue
+        found.append((module, version))
+    return found
+
+
+def dkms_kernel_remove(
+    session: Session, kver: str, arch: str, *, preinst: bool, log: LogSink | None = None
+) -> int:
+    """kernel_prerm (unbuild everything built for K) and kernel_preinst (unbuild AUTOINSTALL
+    modules so postinst rebuilds them). depmod runs once at the end — really (dkms skips it)."""
+    console = session.console
+    failed: list[str] = []
+    delayed = fork(session, console, delayed_depmod=True)
+    # dkms's read_conf_or_die: an unreadable conf stops kernel_preinst
+    for module, version in built_for_kernel(session, kver, arch, autoinstall_only=preinst):
         console.echo_err(f"dkms: removing module {module}/{version} for kernel {kver} ({arch})")
         start = time.monotonic()
         try:

@@ -18,6 +18,7 @@ from .engine import (
     LogSink,
     TaskRun,
     _budget,
+    built_for_kernel,
     fork,
     hook_session,
     plan_kernel,
@@ -451,22 +452,9 @@ def remove_kernel(run: HookRun, kver: str, *, preinst: bool) -> None:
     session, arch = run.session, run.arch
     quiet = fork(session, BufferConsole(), delayed_depmod=True)
     removed = 0
-    for module, version in list(session.tree.module_versions()):
-        if not session.tree.is_built(module, version, kver, arch):
-            continue
-        if preinst:
-            try:
-                conf = quiet.read_conf(
-                    module,
-                    version,
-                    kver,
-                    arch,
-                    session.layout.source_link(module, version) / "dkms.conf",
-                )
-            except DkmsError:
-                continue
-            if not conf.autoinstall:
-                continue
+    for module, version in built_for_kernel(
+        quiet, kver, arch, autoinstall_only=preinst, skip_bad_conf=True
+    ):
         start = time.monotonic()
         try:
             quiet.maybe_uninstall(module, version, kver, arch)

@@ -439,23 +439,6 @@ def check_name(module: str, version: str) -> None:
             )
 
 
-def _is_obsolete(kver: str, obsolete_by: str, force: bool) -> bool:
-    from .versions import ver_key
-
-    if force:
-        return False
-    obs = obsolete_by.split("-")
-    mine = kver.split("-")
-    obs0, mine0 = ver_key(obs[0]), ver_key(mine[0])
-    if obs0 == mine0:
-        if len(obs) < 2 or not obs[1]:
-            return True
-        mine1 = ver_key(mine[1]) if len(mine) > 1 else ""
-        obs1 = ver_key(obs[1])
-        return mine1.encode() >= obs1.encode()
-    return mine0.encode() > obs0.encode()
-
-
 def _mkdtemp6(parent: Path, prefix: str) -> Path:
     alphabet = string.ascii_letters + string.digits
     for _ in range(100):
