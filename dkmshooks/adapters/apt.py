@@ -63,6 +63,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dkmshooks.adapters import is_strict
 from dkmshooks.console import note
 from dkmshooks.errors import DkmsError, UsageError
 from dkmshooks.fsutil import write_atomic
@@ -333,15 +334,6 @@ def dpkg_transaction(dpkg: Process, proc: Path = Path("/proc")) -> str:
 # -- the `dkmshooks hook apt` command -------------------------------------------------------------
 
 
-def _is_strict(layout: Layout) -> bool:
-    from dkmshooks.config import load_config
-
-    try:
-        return load_config(layout).strict
-    except DkmsError:
-        return False
-
-
 def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(USAGE)
@@ -389,7 +381,7 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
             f"internal error in the {kind}.d hook for {args[0]}; this is a bug, please report it "
             "with the output above"
         )
-    if _is_strict(layout):
+    if is_strict(layout):
         note("strict = true in config.toml: failing the package")
         return 1
     note(f"nothing was done for {args[0]}; once fixed, run `dkms autoinstall -k {args[0]}`")

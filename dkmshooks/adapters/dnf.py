@@ -358,14 +358,10 @@ def _run_guarded(what: str, action: Callable[[], int], environ: Mapping[str, str
 
 
 def _is_strict(environ: Mapping[str, str]) -> bool:
-    from dkmshooks.config import load_config
-    from dkmshooks.errors import DkmsError
+    from dkmshooks.adapters import is_strict
     from dkmshooks.layout import Layout
 
-    try:
-        return load_config(Layout(root=Path(environ.get("DKMSHOOKS_ROOT") or "/"))).strict
-    except DkmsError:
-        return False
+    return is_strict(Layout(root=Path(environ.get("DKMSHOOKS_ROOT") or "/")))
 
 
 def handle_packages(

@@ -29,6 +29,7 @@ import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from dkmshooks.adapters import is_strict
 from dkmshooks.console import note
 from dkmshooks.errors import DkmsError, UsageError
 from dkmshooks.layout import Layout
@@ -131,15 +132,6 @@ def current_transaction(layout: Layout, environ: Mapping[str, str]) -> str:
     return apt.current_transaction(layout, environ)
 
 
-def _is_strict(layout: Layout) -> bool:
-    from dkmshooks.config import load_config
-
-    try:
-        return load_config(layout).strict
-    except DkmsError:
-        return False
-
-
 def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(USAGE)
@@ -162,7 +154,7 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     try:
         rc = handle_trigger(trigger, environ)
     except DkmsError as exc:
-        strict = _is_strict(layout)
+        strict = is_strict(layout)
         note(
             f"kernel-install {argv[0]} {argv[1]}: {' '.join(exc.lines)}"
             + ("" if strict else "; the remaining kernel-install plugins still run")
@@ -172,7 +164,7 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         # The failure policy (DESIGN.md) holds even when the engine itself breaks: the plugins
         # after us (depmod, the initramfs, the boot entry) must still run.
         sys.stderr.write(traceback.format_exc())
-        strict = _is_strict(layout)
+        strict = is_strict(layout)
         note(
             f"internal error while handling kernel-install {argv[0]} {argv[1]}; this is a bug, "
             "please report it with the output above. "

@@ -61,6 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
+from dkmshooks.adapters import is_strict
 from dkmshooks.console import note
 from dkmshooks.errors import DkmsError
 from dkmshooks.fsutil import write_atomic
@@ -673,15 +674,6 @@ def handle(action: str, lines: Iterable[str], environ: Mapping[str, str]) -> int
     return rc
 
 
-def _is_strict(layout: Layout) -> bool:
-    from dkmshooks.config import load_config
-
-    try:
-        return load_config(layout).strict
-    except DkmsError:
-        return False
-
-
 def main(argv: Sequence[str], environ: Mapping[str, str], stdin: TextIO | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(USAGE)
@@ -708,7 +700,7 @@ def main(argv: Sequence[str], environ: Mapping[str, str], stdin: TextIO | None =
             f"internal error in the pacman {action} hook; this is a bug, please report it with "
             "the output above. Kernel and module packages were changed as pacman planned."
         )
-        return 1 if _is_strict(layout) else 0
+        return 1 if is_strict(layout) else 0
 
 
 __all__ = [
