@@ -114,3 +114,21 @@ def test_kernelver_in_signing_paths(root: Path, make_session) -> None:  # type: 
         f"Sign command: {signer}\nSigning key: {key_dir}/k.key\n"
         f"Public certificate (MOK): {key_dir}/k.der\n"
     )
+
+
+def test_pkcs11_key_is_passed_through(tmp_path: Path) -> None:
+    from dkmshooks.sign import prepare_mok
+
+    from .helpers import Captured
+
+    cert = tmp_path / "mok.der"
+    cert.write_bytes(b"cert")
+    console = Captured()
+    ok, key, got_cert = prepare_mok(
+        Layout(root=tmp_path), "debian", "pkcs11:token=dkms;object=mok", str(cert), console, None
+    )
+    assert ok and key == "pkcs11:token=dkms;object=mok" and got_cert == str(cert)
+    # a token key is never "missing": nothing is generated
+    assert console.text == (
+        f"Signing key: pkcs11:token=dkms;object=mok\nPublic certificate (MOK): {cert}\n"
+    )
