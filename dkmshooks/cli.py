@@ -6,8 +6,6 @@ import errno
 import os
 import re
 import sys
-import tempfile
-import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,7 +209,7 @@ def _silence() -> None:
 
 def _check_tmp(console: Console, tmp_location: Path) -> None:
     try:
-        fd, path = tempfile.mkstemp(dir=tmp_location)
+        fd, path = _mkstemp(tmp_location)
     except OSError as exc:
         raise DkmsError("Unable to make temporary file.") from exc
     try:
@@ -225,6 +223,18 @@ def _check_tmp(console: Console, tmp_location: Path) -> None:
         console.warn(
             f"dkms will not function properly without some free space in $TMPDIR ({tmp_location})."
         )
+
+
+def _mkstemp(directory: Path) -> tuple[int, str]:
+    """tempfile.mkstemp without importing tempfile (and random, shutil...) into every command."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(100):
+        path = os.path.join(directory, f"tmp{os.urandom(6).hex()}")
+        try:
+            return os.open(path, flags, 0o600), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "No usable temporary file name found", str(directory))
 
 
 def _kernel_arch_list(session: Session, args: Args, action: str) -> list[tuple[str, str]]:
@@ -590,6 +600,8 @@ _ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.
 
 
 def _internal_error(console: Console) -> int:
+    import traceback
+
     console.write_err(traceback.format_exc())
     console.echo_err(
         "dkmshooks: internal error. This is a bug; please report it with the output above."

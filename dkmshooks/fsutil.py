@@ -6,7 +6,6 @@ import filecmp
 import glob
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from . import faults
@@ -48,6 +47,8 @@ def fsync_tree(path: Path) -> None:
 
 def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    import tempfile  # not at start-up: most commands never write a file
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -69,6 +70,8 @@ def copy_file_atomic(src: Path, dest: Path) -> None:
     prefix = f".{dest.name}{TMP_MARK}"
     for stale in dest.parent.glob(glob.escape(prefix) + "*"):
         stale.unlink(missing_ok=True)
+    import tempfile
+
     fd, tmp = tempfile.mkstemp(prefix=prefix, dir=dest.parent)
     os.close(fd)
     try:

@@ -3,8 +3,6 @@ read directly (plain, gzip or xz modules); anything else falls back to the real 
 
 from __future__ import annotations
 
-import gzip
-import lzma
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,14 +64,26 @@ def elf_modinfo(data: bytes) -> list[tuple[str, str]] | None:
 
 
 def _read_module(path: Path) -> bytes | None:
+    # gzip and lzma are imported for compressed modules only: every dkms command imports this
+    # module, few read a compressed one
     try:
         if path.name.endswith(".ko"):
             return path.read_bytes()
         if path.name.endswith(".ko.gz"):
-            return gzip.decompress(path.read_bytes())
+            import gzip
+
+            try:
+                return gzip.decompress(path.read_bytes())
+            except gzip.BadGzipFile:
+                return None
         if path.name.endswith(".ko.xz"):
-            return lzma.decompress(path.read_bytes())
-    except (OSError, EOFError, lzma.LZMAError, gzip.BadGzipFile):
+            import lzma
+
+            try:
+                return lzma.decompress(path.read_bytes())
+            except lzma.LZMAError:
+                return None
+    except (OSError, EOFError):
         return None
     return None
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -12,7 +11,14 @@ from pathlib import Path
 
 from .errors import CommandFailed
 
-log = logging.getLogger("dkmshooks.run")
+
+def _debug(fmt: str, *args: object) -> None:
+    """`+ argv` at debug level. logging is imported on the first command, not at start-up: a
+    no-op hook runs no command, and the import is a tenth of its cost."""
+    import logging
+
+    logging.getLogger("dkmshooks.run").debug(fmt, *args)
+
 
 PathLike = "str | os.PathLike[str]"
 
@@ -36,7 +42,7 @@ def run(
     """Run argv. With capture, stdout (and stderr) come back as text; otherwise they are inherited
     (or discarded with quiet). Raises CommandFailed on a non-zero status when check is set."""
     args = [os.fspath(a) for a in argv]
-    log.debug("+ %s", " ".join(args))
+    _debug("+ %s", " ".join(args))
     _flush()
     stdout: int | None = None
     stderr: int | None = None
@@ -88,7 +94,7 @@ def run_bash_bytes(
     """Like run_bash, but stdout comes back as bytes (for NUL-separated output); stderr is
     inherited, as dkms lets a sourced file's stderr through."""
     argv = ["bash", "-c", script, "bash", *args]
-    log.debug("+ %s", " ".join(argv[:2]))
+    _debug("+ %s", " ".join(argv[:2]))
     _flush()
     proc = subprocess.run(
         argv,
@@ -123,7 +129,7 @@ def run_logged(
         fh.write(f"\n{description}\n# command: {shown or command}\n")
         fh.flush()
         _flush()
-        log.debug("+ %s", command)
+        _debug("+ %s", command)
         proc = subprocess.Popen(
             ["bash", "-c", command],
             cwd=cwd,
