@@ -10,8 +10,10 @@ value dkms puts in scope (kernel, arch, trees, distro, jobs, ...). The caller's 
 part of the key; see docs/decisions.md. Builds and installs never use the cache: they evaluate
 the conf themselves (read_conf strict).
 
-One JSON file per module/version under /var/lib/dkmshooks/confcache, with a schema version;
-written to a temporary file and renamed (no fsync: a lost or torn file is a cache miss).
+One JSON file per module/version under /var/lib/dkmshooks/confcache, with a schema version, and
+a second one (`…@status.json`) for what `dkms status` derived from the confs: its per-line extras
+and file comparisons, each with the stamps of the files it was computed from. Both are written
+to a temporary file and renamed (no fsync: a lost or torn file is a cache miss).
 """
 
 from __future__ import annotations
@@ -156,19 +158,22 @@ class ConfCache:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.read_only = False
-        self._files: dict[tuple[str, str], dict[str, Any]] = {}
-        self._dirty: set[tuple[str, str]] = set()
+        # (module, version, kind): kind "" is the evaluated confs, "status" what status derived
+        # from them (a separate, small file: status does not parse every conf of the module)
+        self._files: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._dirty: set[tuple[str, str, str]] = set()
         self._lock = threading.Lock()
         self._code: list[Stamp] | None = None
         # stat() results reused for MEMO_SECONDS: `dkms status` asks about the same dkms.conf,
         # /etc/dkms and kernel config once per line (10,000 lines on a big tree)
-        self._memo: dict[str, tuple[float, Any]] = {}
+        self._memo: dict[tuple[Callable[[str], Any], str], tuple[float, Any]] = {}
 
-    def _path(self, module: str, version: str) -> Path:
-        return self.directory / f"{_quote(module)}@{_quote(version)}.json"
+    def _path(self, module: str, version: str, kind: str = "") -> Path:
+        tail = f"@{kind}" if kind else ""  # `@` never occurs in a quoted name
+        return self.directory / f"{_quote(module)}@{_quote(version)}{tail}.json"
 
-    def _load(self, module: str, version: str) -> dict[str, Any]:
-        key = (module, version)
+    def _load(self, module: str, version: str, kind: str = "") -> dict[str, Any]:
+        key = (module, version, kind)
         data = self._files.get(key)
         if data is None:
             if self._code is None:
@@ -181,7 +186,7 @@ class ConfCache:
                 "entries": {},
             }
             try:
-                with open(self._path(module, version), encoding="utf-8") as fh:
+                with open(self._path(module, version, kind), encoding="utf-8") as fh:
                     stored = json.load(fh)
                 if (
                     isinstance(stored, dict)
@@ -199,12 +204,23 @@ class ConfCache:
 
     def _memo_get(self, path: str, fn: Callable[[str], Any]) -> Any:
         now = time.monotonic()
-        hit = self._memo.get(path)
+        key = (fn, path)
+        hit = self._memo.get(key)
         if hit is not None and now - hit[0] < MEMO_SECONDS:
             return hit[1]
         value = fn(path)
-        self._memo[path] = (now, value)
+        self._memo[key] = (now, value)
         return value
+
+    def memo_stamp(self, path: str) -> Stamp:
+        """stamp(path), reused for MEMO_SECONDS."""
+        result: Stamp = self._memo_get(path, stamp)
+        return result
+
+    def memo_names(self, directory: str) -> frozenset[str]:
+        """The names in `directory`, reused for MEMO_SECONDS."""
+        result: frozenset[str] = self._memo_get(directory, _names)
+        return result
 
     def file_stamps(
         self, conf_path: Path, module: str, version: str, kver: str, arch: str, ctx: ConfContext
@@ -237,7 +253,7 @@ class ConfCache:
         stamps = [stamp(a), stamp(b)]
         key = f"{a}\0{b}"
         with self._lock:
-            same = self._load(module, version).setdefault("same", {})
+            same = self._load(module, version, "status").setdefault("same", {})
             hit = same.get(key)
         if isinstance(hit, list) and len(hit) == 2 and hit[0] == stamps:
             return bool(hit[1])
@@ -248,8 +264,52 @@ class ConfCache:
                 same[key] = [stamps, verdict]
                 while len(same) > MAX_ENTRIES * 4:
                     same.pop(next(iter(same)))
-                self._dirty.add((module, version))
+                self._dirty.add((module, version, "status"))
         return verdict
+
+    def get_extras(
+        self, module: str, version: str, memo_key: str, installed: bool
+    ) -> tuple[bool, bool, bool] | None:
+        """A status line's extras as put_extras stored them, if none of their inputs changed:
+        the conf's context and file stamps (`memo_key`), the installed state and the stamps of
+        every file the answer was computed from."""
+        key, digest = memo_key.rsplit("\0", 1)
+        with self._lock:
+            hit = self._load(module, version, "status").get("extras", {}).get(key)
+        if not isinstance(hit, list) or len(hit) != 4:
+            return None
+        stored_digest, was_installed, files, flags = hit
+        if stored_digest != digest or was_installed is not installed:
+            return None
+        try:
+            for path, old in files:
+                now = self.memo_stamp(path[1:]) if path[:1] == "~" else stamp(path)
+                if now != old:
+                    return None
+            original, missing, differences = flags
+        except (TypeError, ValueError):
+            return None
+        return bool(original), bool(missing), bool(differences)
+
+    def put_extras(
+        self,
+        module: str,
+        version: str,
+        memo_key: str,
+        installed: bool,
+        files: list[tuple[str, Stamp]],
+        flags: tuple[bool, bool, bool],
+    ) -> None:
+        """`files`: each with the stamp it had before the answer was computed from it."""
+        key, digest = memo_key.rsplit("\0", 1)
+        entry = [digest, installed, [[path, old] for path, old in files], list(flags)]
+        with self._lock:
+            extras = self._load(module, version, "status").setdefault("extras", {})
+            extras.pop(key, None)
+            extras[key] = entry
+            while len(extras) > MAX_ENTRIES:
+                extras.pop(next(iter(extras)))
+            self._dirty.add((module, version, "status"))
 
     def get(self, module: str, version: str, key: str, stamps: list[Stamp]) -> DkmsConf | None:
         with self._lock:
@@ -269,7 +329,7 @@ class ConfCache:
             entries[key] = [self.digest(stamps), _encode(conf)]
             while len(entries) > MAX_ENTRIES:
                 entries.pop(next(iter(entries)))
-            self._dirty.add((module, version))
+            self._dirty.add((module, version, ""))
 
     def reload(self) -> None:
         """Write what changed and forget what was loaded (the next lookup reads the files)."""
@@ -288,12 +348,12 @@ class ConfCache:
                 self.directory.mkdir(parents=True, exist_ok=True)
             except OSError:
                 return
-            for module, version in sorted(dirty):
-                path = self._path(module, version)
+            for module, version, kind in sorted(dirty):
+                path = self._path(module, version, kind)
                 tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
                 try:
                     with open(tmp, "w", encoding="utf-8") as fh:
-                        json.dump(self._files[(module, version)], fh, separators=(",", ":"))
+                        json.dump(self._files[(module, version, kind)], fh, separators=(",", ":"))
                     os.replace(tmp, path)
                 except OSError:
                     try:

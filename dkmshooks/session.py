@@ -7,6 +7,7 @@ import os
 import random
 import re
 import string
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,10 @@ class SessionBase:
     installed_count: int = 0
     signing: Signing = field(default_factory=Signing)
     _suffix_cache: dict[str, str] = field(default_factory=dict)
+    # status's per-kernel part of confcache keys: (when, context, kernel files, /etc/dkms, names)
+    _kernel_key_parts: dict[tuple[str, str], tuple[float, str, str, str, frozenset[str]]] = field(
+        default_factory=dict
+    )
     _conf_cache: dict[tuple[object, ...], DkmsConf] = field(default_factory=dict)
     #: set by the engine while builds run concurrently (see jobserver.py)
     jobserver: JobServer | None = None
@@ -182,15 +187,47 @@ class SessionBase:
             self._conf_cache[key] = conf
         return conf
 
+    def _cached_context(self, kver: str) -> ConfContext:
+        memo = (kver, self.settings, self.options, id(self.environ))
+        ctx = _CONTEXTS.get(memo)
+        if ctx is None:
+            ctx = _CONTEXTS[memo] = self.conf_context(kver)
+        return ctx
+
+    def conf_cache_key(
+        self, conf_path: str, module: str, version: str, kver: str, arch: str
+    ) -> str | None:
+        """What decides the persistent read_conf of this module/version/kernel/arch: its context
+        and the stamps of the files it reads (confcache.file_stamps, computed once per kernel
+        where they are the kernel's); None where that read is not cached."""
+        if self.options.directives or not (module and version):
+            return None
+        cache = confcache.for_layout(self.layout)
+        now = time.monotonic()
+        part = self._kernel_key_parts.get((kver, arch))
+        if part is None or now - part[0] >= confcache.MEMO_SECONDS:
+            ctx = self._cached_context(kver)
+            etc = os.fspath(ctx.etc_dkms)
+            src = os.fspath(ctx.kernel_source_dir)
+            kernel_files = (os.fspath(ctx.kernel_config), f"{src}/.config", f"{src}/vmlinux")
+            kernel = repr([cache.memo_stamp(path) for path in kernel_files])
+            tail = confcache.context_key(Path(), kver, arch, ctx)
+            part = (now, tail, kernel, etc, cache.memo_names(etc))
+            self._kernel_key_parts[(kver, arch)] = part
+        _, tail, kernel, etc, present = part
+        overrides = ""
+        if present:
+            names = confcache.override_names(module, version, kver, arch)
+            overrides = repr([confcache.stamp(f"{etc}/{n}") if n in present else [] for n in names])
+        conf = cache.memo_stamp(conf_path)
+        return f"{conf_path}\0{tail}\0{conf!r}{overrides}{kernel}"
+
     def _read_conf_cached(
         self, conf_path: Path, module: str, version: str, kver: str, arch: str, shown: str
     ) -> DkmsConf:
         """read_conf for status and plan, through confcache (one lookup per status line)."""
         cache = confcache.for_layout(self.layout)
-        memo = (kver, self.settings, self.options, id(self.environ))
-        ctx = _CONTEXTS.get(memo)
-        if ctx is None:
-            ctx = _CONTEXTS[memo] = self.conf_context(kver)
+        ctx = self._cached_context(kver)
         ckey = confcache.context_key(conf_path, kver, arch, ctx)
         stamps = cache.file_stamps(conf_path, module, version, kver, arch, ctx)
         conf = cache.get(module, version, ckey, stamps)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,27 +131,43 @@ def parse_records(out: bytes) -> ShellValues:
 
 
 # -- files that need no bash ---------------------------------------------------------------------
-# Most framework.conf(.d) files (and some dkms.conf files) are comments and plain assignments of
-# inert words. For those, what the bash above computes is known without running it: every value
-# passes its two expansions and the `echo` word splitting unchanged, except that each run of
-# blanks inside a quoted value becomes one space. Anything else (a `$`, a quote inside, a command,
-# an unknown upper-case name, a CR, an unreadable file) goes to bash. docs/decisions.md has the
-# reasoning; tests/unit/test_shellconf.py holds both paths to the same answers.
+# Most framework.conf(.d) files and dkms.conf files are comments and plain assignments of inert
+# words and simple references (`$name`, `${name}`). For those, what the bash above computes is
+# known without running it: a reference to a name whose value is known is replaced verbatim (no
+# splitting: it is an assignment or inside double quotes); if the result is inert it passes the
+# `echo` and the second expansion unchanged, except that each run of blanks becomes one space.
+# Anything else (another `$` form, a quote inside, a command, a name that may come from the
+# caller's environment, an unknown upper-case name, a CR, an unreadable file) goes to bash.
+# docs/decisions.md has the reasoning; tests/unit/test_shellconf.py holds both paths to the same
+# answers.
 
 _INERT = r"[A-Za-z0-9_./:,+@%=-]"
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+# the lookahead keeps `$name` from matching a shorter name, which would make a failing match
+# backtrack exponentially in the number of references on a line
+_REF = rf"\$(?:{_NAME}(?![A-Za-z0-9_])|\{{{_NAME}\}})"
+_PART = rf"(?:{_INERT}|{_REF})"
 _LITERAL_LINE = re.compile(
     r"[ \t]*(?:"
-    r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\[(?P<index>0|[1-9][0-9]{0,8})\])?="
-    rf"(?:(?P<bare>{_INERT}*)|\"(?P<dq>(?:{_INERT}|[ \t])*)\"|'(?P<sq>(?:{_INERT}|[ \t])*)')"
+    rf"(?P<name>{_NAME})"
+    r"(?:\[(?P<index>0|[1-9][0-9]{0,8})\])?="
+    rf"(?:(?P<bare>{_PART}*)|\"(?P<dq>(?:{_PART}|[ \t])*)\"|'(?P<sq>(?:{_INERT}|[ \t])*)')"
     r"(?:[ \t]+#.*|[ \t]*)"
     r"|#.*|)"
 )
+_REFERENCE = re.compile(rf"\$(?:(?P<plain>{_NAME})|\{{(?P<braced>{_NAME})\}})")
 _INERT_VALUE = re.compile(rf"(?:{_INERT}|[ \t])*")
 _LOWER_NAME = re.compile(r"[a-z][a-z0-9_]*")
 _BLANKS = re.compile(r"[ \t]+")
+# read by bash before the script runs: they can set variables, options (nounset, nullglob, posix
+# mode) or replace `echo` with an exported function
+_BASH_STARTUP = frozenset({"BASH_ENV", "SHELLOPTS", "BASHOPTS", "POSIXLY_CORRECT"})
+
+#: (name, index, value as written, whether it is expanded)
+_Assignment = tuple[str, int, str, bool]
 
 
-def _inert_assignments(path: str, variables: frozenset[str]) -> list[tuple[str, int, str]] | None:
+def _literal_assignments(path: str) -> list[_Assignment] | None:
     try:
         with open(path, "rb") as fh:
             data = fh.read()
@@ -163,7 +179,7 @@ def _inert_assignments(path: str, variables: frozenset[str]) -> list[tuple[str, 
         return None
     if "\r" in text or "\0" in text:
         return None
-    out: list[tuple[str, int, str]] = []
+    out: list[_Assignment] = []
     for line in text.split("\n"):
         match = _LITERAL_LINE.fullmatch(line)
         if match is None:
@@ -171,16 +187,66 @@ def _inert_assignments(path: str, variables: frozenset[str]) -> list[tuple[str, 
         name = match.group("name")
         if name is None:
             continue
-        if name not in variables:
-            if _LOWER_NAME.fullmatch(name) is None:
-                return None  # might be one of bash's own (IFS, PATH, ...): let bash decide
-            continue  # sourced in a subshell and not whitelisted: it never comes back
-        value = match.group("bare")
-        if value is None:
-            value = match.group("dq") if match.group("dq") is not None else match.group("sq")
-            value = _BLANKS.sub(" ", value)  # the unquoted `echo` of dkms's safe_source
-        out.append((name, int(match.group("index") or 0), value))
+        index = int(match.group("index") or 0)
+        if match.group("sq") is not None:
+            out.append((name, index, match.group("sq"), False))
+        else:
+            bare = match.group("bare")
+            out.append((name, index, bare if bare is not None else match.group("dq"), True))
     return out
+
+
+def _expand(template: str, lookup: Callable[[str], str | None]) -> str | None:
+    parts: list[str] = []
+    pos = 0
+    for ref in _REFERENCE.finditer(template):
+        value = lookup(ref.group("plain") or ref.group("braced"))
+        if value is None:
+            return None
+        parts += (template[pos : ref.start()], value)
+        pos = ref.end()
+    parts.append(template[pos:])
+    return "".join(parts)
+
+
+def _source_literal(
+    path: str,
+    whitelist: frozenset[str],
+    arrays: dict[str, dict[int, str]],
+    scope: Mapping[str, str],
+) -> dict[str, dict[int, str]] | None:
+    """The whitelisted arrays after `path` is sourced and its variables echoed and re-read."""
+    assignments = _literal_assignments(path)
+    if assignments is None:
+        return None
+    # while the file is sourced: earlier files' values (already re-read) and this file's raw ones
+    current = {name: dict(idx) for name, idx in arrays.items()}
+    # lower-case helpers live in the subshell only; `x[1]=v` leaves `$x` (= x[0]) unknown
+    helpers: dict[str, str] = {}
+
+    def lookup(name: str) -> str | None:
+        if name in whitelist:
+            return current.get(name, {}).get(0, "")  # popped from the environment
+        if name in helpers:
+            return helpers[name]
+        if name in scope and _LOWER_NAME.fullmatch(name):
+            return scope[name]
+        return None  # may come from the caller's environment, or be one of bash's own
+
+    for name, index, template, expanded in assignments:
+        value = _expand(template, lookup) if expanded else template
+        if value is None:
+            return None
+        if name in whitelist:
+            if _INERT_VALUE.fullmatch(value) is None:
+                return None  # the parent would expand it a second time
+            current.setdefault(name, {})[index] = value
+        elif _LOWER_NAME.fullmatch(name) is None:
+            return None  # might be one of bash's own (IFS, PATH, ...): let bash decide
+        elif index == 0:
+            helpers[name] = value
+    # the unquoted `echo` of dkms's safe_source
+    return {name: {i: _BLANKS.sub(" ", v) for i, v in idx.items()} for name, idx in current.items()}
 
 
 def evaluate_literal(
@@ -193,8 +259,9 @@ def evaluate_literal(
 ) -> ShellValues | None:
     """What `evaluate` returns, computed without bash, or None when bash is needed."""
     whitelist = frozenset(variables)
-    if env is not None and any(k.startswith("DKMS_DIRECTIVE") for k in env):
-        return None
+    for key in (*(env or ()), *scope):
+        if key.startswith(("DKMS_DIRECTIVE", "BASH_FUNC_")) or key in _BASH_STARTUP:
+            return None
     if any(name not in whitelist for name in deprecated):
         return None
     arrays: dict[str, dict[int, str]] = {
@@ -212,11 +279,10 @@ def evaluate_literal(
             for idx in arrays.values():
                 if not _INERT_VALUE.fullmatch(idx[0]) or _BLANKS.sub(" ", idx[0]) != idx[0]:
                     return None
-        assignments = _inert_assignments(path, whitelist)
-        if assignments is None:
+        after = _source_literal(path, whitelist, arrays, scope)
+        if after is None:
             return None
-        for name, index, value in assignments:
-            arrays.setdefault(name, {})[index] = value
+        arrays = after
         for name in deprecated:
             if arrays.get(name):
                 deps.append((path, name, arrays[name].get(0, "")))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import confcache, fsutil
+from .dkmsconf import DkmsConf
 from .errors import BadConfError, DkmsError
 from .install import Installer
 from .kernel import compressed_or_uncompressed
@@ -49,46 +50,99 @@ def _plain_or_packed(
     return None
 
 
+_UNCACHEABLE: tuple[str, confcache.Stamp] = ("", [])
+
+
 class Session(Installer):
     """A dkms invocation with every lifecycle action."""
 
     # -- status --------------------------------------------------------------------------------
 
-    def status_extras(self, module: str, version: str, kver: str, arch: str) -> Extras:
+    def status_extras(
+        self, module: str, version: str, kver: str, arch: str, installed: bool | None = None
+    ) -> Extras:
+        """dkms 3.4's status extras for one line. `installed`: whether the line says installed,
+        when the caller already knows. A result is remembered (confcache) with the stamps of
+        every file it was computed from, so a repeated status costs a few stat() calls a line."""
         tree = os.fspath(self.layout.dkms_tree)
+        if installed is None:
+            installed = self.tree.is_active(module, version, kver, arch)
+        conf_path = f"{tree}/{module}/{version}/source/dkms.conf"
+        cache = confcache.for_layout(self.layout)
+        memo_key = self.conf_cache_key(conf_path, module, version, kver, arch)
+        if memo_key is not None:
+            hit = cache.get_extras(module, version, memo_key, installed)
+            if hit is not None:
+                return Extras(*hit)
         try:
-            conf = self.read_conf(
-                module,
-                version,
-                kver,
-                arch,
-                Path(tree, module, version, "source", "dkms.conf"),
-                persistent=True,
-            )
+            conf = self.read_conf(module, version, kver, arch, Path(conf_path), persistent=True)
         except DkmsError as exc:
             if not isinstance(exc, BadConfError):
                 self.console.error(*exc.lines)
             return Extras()
-        original = os.path.isdir(os.path.join(tree, module, "original_module", kver, arch))
+        original_dir = os.path.join(tree, module, "original_module", kver, arch)
+        # the files the answer depends on, each stamped before it is looked at (for the memo)
+        # (most modules never had an original module: one stat of the parent covers them all;
+        # a path starting with "~" is checked through the cache's short-lived stat memo)
+        parent = os.path.join(tree, module, "original_module")
+        if cache.memo_stamp(parent):
+            seen = [(original_dir, confcache.stamp(original_dir))]
+        else:
+            seen = [("~" + parent, [])]
+        original = os.path.isdir(original_dir)
+        result = self._extras(conf, module, version, kver, arch, installed, original, seen)
+        if memo_key is not None and _UNCACHEABLE not in seen:
+            cache.put_extras(
+                module,
+                version,
+                memo_key,
+                installed,
+                seen,
+                (result.original_modules, result.built_modules_missing, result.differences),
+            )
+        return result
+
+    def _extras(
+        self,
+        conf: DkmsConf,
+        module: str,
+        version: str,
+        kver: str,
+        arch: str,
+        installed: bool,
+        original: bool,
+        seen: list[tuple[str, confcache.Stamp]],
+    ) -> Extras:
+        """The extras proper. Appends each file consulted, with its stamp taken before, to
+        `seen`, and _UNCACHEABLE when the answer depends on more than those files (a
+        compression suffix, a search for the module)."""
+        tree = os.fspath(self.layout.dkms_tree)
         built = os.path.join(tree, module, version, kver, arch, "module")
-        installed = self.tree.is_active(module, version, kver, arch)
         modules_dir = f"{os.fspath(self.layout.install_tree).rstrip('/')}/{kver}"
         cache = confcache.for_layout(self.layout)
         for entry in conf.active_modules:
             # the kernel's compression suffix (a walk of its module tree) only matters when
             # the plain .ko is not there
+            plain = os.path.join(built, f"{entry.dest_name}.ko")
+            seen.append((plain, confcache.stamp(plain)))
             tree_mod = _plain_or_packed(built, entry.dest_name, self.suffix, kver)
+            if tree_mod != plain:
+                seen.append(_UNCACHEABLE)
             if tree_mod is None:
                 return Extras(original, built_modules_missing=True)
             if not installed:
                 continue
             # find_actual_dest looks at dest_location first and takes it when the module there
             # has the built one's version info; a byte-identical copy settles both questions
-            first = _plain_or_packed(
-                f"{modules_dir}{entry.dest_location}", entry.dest_name, self.suffix, kver
-            )
+            where = f"{modules_dir}{entry.dest_location}"
+            plain = os.path.join(where, f"{entry.dest_name}.ko")
+            seen.append((plain, confcache.stamp(plain)))
+            first = _plain_or_packed(where, entry.dest_name, self.suffix, kver)
             if first is not None and cache.same_content(module, version, tree_mod, first):
+                if first != plain:
+                    seen.append(_UNCACHEABLE)
                 continue
+            seen.append(_UNCACHEABLE)
             real = self.find_actual_dest(module, kver, arch, entry)
             real_mod = compressed_or_uncompressed(
                 Path(f"{modules_dir}{real or ''}"), entry.dest_name, self.suffix(kver)
@@ -122,7 +176,13 @@ class Session(Installer):
                         "state": entry.state,
                     }
                     extras = (
-                        self.status_extras(entry.module, entry.version, entry.kver, entry.arch)
+                        self.status_extras(
+                            entry.module,
+                            entry.version,
+                            entry.kver,
+                            entry.arch,
+                            entry.state == "installed",
+                        )
                         if entry.state in ("built", "installed")
                         else Extras()
                     )
@@ -143,7 +203,13 @@ class Session(Installer):
                     self.console.echo(f"{mv}: added")
                 else:
                     line = f"{mv}, {entry.kver}, {entry.arch}: {entry.state}"
-                    line += self.status_extra(entry.module, entry.version, entry.kver, entry.arch)
+                    line += self.status_extras(
+                        entry.module,
+                        entry.version,
+                        entry.kver,
+                        entry.arch,
+                        entry.state == "installed",
+                    ).text()
                     self.console.echo(line)
         if as_json:
             self.console.echo(

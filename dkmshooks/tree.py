@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .layout import Layout
 
@@ -30,8 +30,21 @@ def _listdir(path: str | Path) -> list[str]:
         return []
 
 
-@dataclass(frozen=True)
-class BuiltEntry:
+def _scan(path: str, pattern: re.Pattern[str] | None = None) -> list[tuple[str, bool]]:
+    """_listdir's names (only those `pattern` matches), each with whether it is a symlink."""
+    try:
+        with os.scandir(path) as it:
+            found = {
+                e.name: e.is_symlink()
+                for e in it
+                if not e.name.startswith(".") and (pattern is None or pattern.match(e.name))
+            }
+    except OSError:
+        return []
+    return [(name, found[name]) for name in _glob_sorted(list(found))]
+
+
+class BuiltEntry(NamedTuple):  # a tuple: one per status line, built fast
     module: str
     version: str
     kver: str
@@ -39,8 +52,7 @@ class BuiltEntry:
     installed: bool
 
 
-@dataclass(frozen=True)
-class StatusEntry:
+class StatusEntry(NamedTuple):
     state: str  # broken | added | built | installed
     module: str
     version: str
@@ -118,14 +130,25 @@ class Tree:
     def built_entries(
         self, module: str, version: str, kver: str = "", arch: str = ""
     ) -> Iterator[BuiltEntry]:
-        vdir = os.path.join(self._dkms_tree, module, version)
-        kernels = [kver] if kver else [k for k in _listdir(vdir) if _KERNEL_DIR.match(k)]
-        for k in kernels:
-            arches = [arch] if arch else _listdir(os.path.join(vdir, k))
-            for a in arches:
-                if not self.is_built(module, version, k, a):
-                    continue
-                yield BuiltEntry(module, version, k, a, self.is_active(module, version, k, a))
+        vdir = f"{self._dkms_tree}/{module}/{version}"
+        if kver or arch:
+            kernels = [kver] if kver else [k for k in _listdir(vdir) if _KERNEL_DIR.match(k)]
+            for k in kernels:
+                arches = [arch] if arch else _listdir(os.path.join(vdir, k))
+                for a in arches:
+                    if self.is_built(module, version, k, a):
+                        yield BuiltEntry(
+                            module, version, k, a, self.is_active(module, version, k, a)
+                        )
+            return
+        # every kernel and arch: is_built's two symlink tests come from the directory entries
+        for k, k_link in _scan(vdir, _KERNEL_DIR):
+            if k_link:
+                continue
+            kdir = f"{vdir}/{k}"
+            for a, a_link in _scan(kdir):
+                if not a_link and os.path.isdir(f"{kdir}/{a}/module"):
+                    yield BuiltEntry(module, version, k, a, self.is_active(module, version, k, a))
 
     def status(
         self, module: str = "", version: str = "", kver: str = "", arch: str = ""

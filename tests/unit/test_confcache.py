@@ -223,3 +223,85 @@ def test_read_only_cache_answers_but_writes_nothing(tree: Path, make_session: Ma
     finally:
         cache.read_only = False
     assert evaluations(tree) == 2
+
+
+# -- what status derives from the confs: the per-line extras ---------------------------------
+
+
+def _installed(root: Path, content: bytes = b"\x7fELF built") -> tuple[Path, Path]:
+    """m/1.0 built and installed for K; returns (built .ko, installed .ko)."""
+    built = root / f"var/lib/dkms/m/1.0/{K}/{ARCH}/module/m.ko"
+    built.parent.mkdir(parents=True)
+    built.write_bytes(content)
+    (root / f"var/lib/dkms/m/kernel-{K}-{ARCH}").symlink_to(f"1.0/{K}/{ARCH}")
+    installed = root / f"lib/modules/{K}/updates/dkms/m.ko"  # dkms 3.4 on Debian
+    installed.parent.mkdir(parents=True)
+    installed.write_bytes(content)
+    return built, installed
+
+
+def status_line(make_session: Make) -> str:
+    """`dkms status` as a new process runs it, with the cache written back at its end."""
+    session, out = make_session()
+    cache = confcache.for_layout(session.layout)
+    cache.reload()
+    session.show_status("", "", [])
+    cache.reload()
+    return out.text
+
+
+def test_status_extras_are_remembered_until_a_file_they_read_changes(
+    tree: Path, make_session: Make
+) -> None:
+    built, installed = _installed(tree)
+    clean = f"m/1.0, {K}, {ARCH}: installed\n"
+    assert status_line(make_session) == clean
+    assert status_line(make_session) == clean
+    assert evaluations(tree) == 1
+    status_files = sorted(p.name for p in (tree / "var/lib/dkmshooks/confcache").iterdir())
+    assert status_files == ["m@1.0.json", "m@1.0@status.json"]
+
+    # the installed copy overwritten in place, same size: the remembered answer is not used
+    installed.write_bytes(b"\x7fELF other")
+    _touch_later(installed)
+    differs = f"m/1.0, {K}, {ARCH}: installed (Differences between built and installed modules)\n"
+    assert status_line(make_session) == differs
+    assert status_line(make_session) == differs
+    installed.write_bytes(built.read_bytes())
+    assert status_line(make_session) == clean
+
+    # an original module saved later (the module's first one: only its parent existed before)
+    (tree / f"var/lib/dkms/m/original_module/{K}/{ARCH}").mkdir(parents=True)
+    original = f"m/1.0, {K}, {ARCH}: installed (Original modules exist)\n"
+    assert status_line(make_session) == original
+    assert status_line(make_session) == original
+
+    # the built module gone
+    built.unlink()
+    missing = (
+        f"m/1.0, {K}, {ARCH}: installed (Original modules exist)"
+        " (Built modules are missing in the kernel modules folder)\n"
+    )
+    assert status_line(make_session) == missing
+    assert evaluations(tree) == 1  # the conf itself never changed
+
+
+def test_status_extras_follow_the_installed_state(tree: Path, make_session: Make) -> None:
+    _, installed = _installed(tree)
+    installed.write_bytes(b"\x7fELF other")
+    differs = f"m/1.0, {K}, {ARCH}: installed (Differences between built and installed modules)\n"
+    assert status_line(make_session) == differs
+    (tree / f"var/lib/dkms/m/kernel-{K}-{ARCH}").unlink()  # a built module is compared to nothing
+    assert status_line(make_session) == f"m/1.0, {K}, {ARCH}: built\n"
+
+
+def test_status_extras_follow_the_conf(tree: Path, make_session: Make) -> None:
+    _installed(tree)
+    assert status_line(make_session) == f"m/1.0, {K}, {ARCH}: installed\n"
+    conf = tree / "usr/src/m-1.0/dkms.conf"
+    _append(conf, 'BUILT_MODULE_NAME[1]="second"\nDEST_MODULE_LOCATION[1]="/updates"\n')
+    missing = (
+        f"m/1.0, {K}, {ARCH}: installed (Built modules are missing in the kernel modules folder)\n"
+    )
+    assert status_line(make_session) == missing
+    assert evaluations(tree) == 2

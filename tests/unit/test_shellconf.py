@@ -3,21 +3,41 @@ anything it cannot be sure of."""
 
 from __future__ import annotations
 
+import os
+import random
+import re
+import time
 from pathlib import Path
 
 import pytest
 
 from dkmshooks import run, shellconf
+from dkmshooks.dkmsconf import ConfContext, read_conf
+
+from .helpers import Captured
 
 VARS = ["PACKAGE_NAME", "PACKAGE_VERSION", "MAKE", "CLEAN", "parallel_jobs", "tmp_location"]
-SCOPE = {"kernelver": "6.1.0-1-amd64", "tmp_location": "/tmp", "parallel_jobs": "4"}
+SCOPE = {
+    "kernelver": "6.1.0-1-amd64",
+    "tmp_location": "/tmp",
+    "parallel_jobs": "4",
+    "kernel_source_dir": "/lib/modules/6.1.0-1-amd64/build",
+    "dkms_tree": "/var/lib/dkms",
+    "spaced": " a  b\tc ",
+    "odd": "/tmp/$x",
+    "star": "*",
+    "quote": 'say "hi"',
+    "UPPER": "up",
+}
 
 
-def bash_values(files: list[Path], deprecated: tuple[str, ...] = ()) -> shellconf.ShellValues:
+def bash_values(
+    files: list[Path], deprecated: tuple[str, ...] = (), variables: list[str] = VARS
+) -> shellconf.ShellValues:
     env = {"PATH": "/usr/bin:/bin", **SCOPE}
     _, out, _ = run.run_bash_bytes(
         shellconf._EVAL_SCRIPT,
-        " ".join(VARS),
+        " ".join(variables),
         " ".join(deprecated),
         *[str(f) for f in files],
         env=env,
@@ -83,7 +103,6 @@ def test_no_files_gives_the_scope(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        'MAKE[0]="make -C ${kernel_source_dir}"\n',
         "PACKAGE_NAME=$(echo x)\n",
         "PACKAGE_NAME=`echo x`\n",
         'PACKAGE_NAME="a\\"b"\n',
@@ -129,3 +148,220 @@ def test_unreadable_file_goes_to_bash(tmp_path: Path) -> None:
     conf = tmp_path / "dir.conf"
     conf.mkdir()
     assert literal_values([conf]) is None
+
+
+# -- simple references ($name, ${name}) --------------------------------------------------------
+
+
+def assert_same_as_bash(files: list[Path], deprecated: tuple[str, ...] = ()) -> None:
+    literal = literal_values(files, deprecated)
+    assert literal is not None
+    assert as_plain(literal) == as_plain(bash_values(files, deprecated))
+
+
+def write_confs(tmp_path: Path, *texts: str) -> list[Path]:
+    files = []
+    for i, text in enumerate(texts):
+        files.append(tmp_path / f"{i}.conf")
+        files[-1].write_text(text)
+    return files
+
+
+REFERENCE_CASES = [
+    "PACKAGE_NAME=foo\nPACKAGE_VERSION=1.0\n"
+    'MAKE[0]="make -C $kernel_source_dir M=$dkms_tree/$PACKAGE_NAME/$PACKAGE_VERSION/build"\n',
+    'MAKE[0]="make KVER=${kernelver} -C ${kernel_source_dir}"\n',
+    "PACKAGE_NAME=foo\nCLEAN=${PACKAGE_NAME}\nMAKE=$PACKAGE_NAME.ko\n",
+    "PACKAGE_NAME=x\nPACKAGE_VERSION=${PACKAGE_NAME}_suffix\n",  # braces end the name
+    "PACKAGE_NAME=x\nPACKAGE_VERSION=$PACKAGE_NAME-1:2%3@4=5,6+7\n",  # inert chars end it
+    'PACKAGE_NAME=${PACKAGE_VERSION}\nMAKE="-$CLEAN-"\n',  # unset whitelisted: empty
+    "MAKE[1]=x\nPACKAGE_NAME=$MAKE\n",  # $MAKE is ${MAKE[0]}, unset
+    "MAKE[0]=a\nMAKE[1]=$MAKE/b\n",
+    'MAKE=a\nMAKE="$MAKE   b"\nPACKAGE_NAME="$MAKE"\n',  # raw within the file, collapsed after
+    'ver=1.2\nbase=/usr/src\nPACKAGE_VERSION=$ver\nMAKE="make -C $base/${ver}"\n',
+    "x=a\nx=$x.b\nPACKAGE_NAME=$x\n",
+    "kernelver=custom\nMAKE=$kernelver\n",  # a helper shadows the scope
+    "kernelver[1]=other\nMAKE=$kernelver\n",  # ...but not at another index
+    'x="  a   b  "\nMAKE=$x\nCLEAN="$x"\nPACKAGE_NAME=-$x-\n',  # blanks survive until the echo
+    'PACKAGE_NAME=$spaced\nMAKE="x${spaced}y"\n',
+    'tmp_location=$tmp_location/sub\nparallel_jobs="$parallel_jobs $parallel_jobs"\n',
+    "PACKAGE_NAME=$kernelver # not $HOME\n",
+    "PACKAGE_NAME='kernelver'\nMAKE=\"${kernelver}\"\n",
+    "x=$odd\ny=$star\nz=$quote\nPACKAGE_NAME=ok\n",  # unused helpers may hold anything
+    'MAKE="$PACKAGE_NAME"\nPACKAGE_NAME=late\n',  # order matters
+    'MAKE="\t$kernelver\t"\n',
+]
+
+
+@pytest.mark.parametrize("text", REFERENCE_CASES)
+def test_references_match_bash(tmp_path: Path, text: str) -> None:
+    assert_same_as_bash(write_confs(tmp_path, text), ("CLEAN",))
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [
+        # a later file sees what earlier ones left, after the parent re-read it (blanks collapsed)
+        ('PACKAGE_NAME=foo\nMAKE="a   b"\n', 'MAKE[1]="$MAKE  $PACKAGE_NAME"\n'),
+        ("tmp_location=/a\n", "MAKE=$tmp_location\n", "CLEAN=${MAKE}x\n"),
+        # a scope name changed in one file is back to the scope's value in the next
+        ("kernelver=override\n", "PACKAGE_NAME=$kernelver\n"),
+        ("PACKAGE_NAME=foo\n", "PACKAGE_NAME=$PACKAGE_NAME-bar\nCLEAN=$PACKAGE_NAME\n"),
+        ("CLEAN=$kernelver\n", "", 'CLEAN="$CLEAN $CLEAN"\n'),
+    ],
+)
+def test_references_across_files_match_bash(tmp_path: Path, texts: tuple[str, ...]) -> None:
+    files = write_confs(tmp_path, *texts)
+    files.insert(1, tmp_path / "missing.conf")
+    assert_same_as_bash(files, ("CLEAN",))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "PACKAGE_NAME=$HOME\n",  # the caller's environment
+        "PACKAGE_NAME=$PATH\n",
+        "PACKAGE_NAME=${foo}\n",  # never assigned: may be in the environment too
+        "PACKAGE_NAME=$UPPER\n",  # upper-case and not whitelisted: possibly bash's own
+        "PACKAGE_NAME=x\nMAKE=$PACKAGE_NAMEx\n",  # one longer name, unknown
+        "PACKAGE_NAME=x\nMAKE=$kernelver_x\n",
+        "x[1]=a\nPACKAGE_NAME=$x\n",  # $x is x[0], which the environment may hold
+        "MAKE[1]=a\nMAKE=$MAKE[1]\n",
+        "MAKE=${MAKE[1]}\n",
+        "MAKE=${#kernelver}\n",
+        "MAKE=${kernelver%-*}\n",
+        "MAKE=${kernelver:-x}\n",
+        "MAKE=${kernelver\n",
+        'MAKE="$1"\n',
+        "MAKE=$@\n",
+        "MAKE=$$\n",
+        "MAKE=$?\n",
+        "MAKE=$_\n",
+        "MAKE=$CR\n",  # safe_source's own variables
+        "MAKE=$__f\n",
+        "MAKE=a$\n",
+        'MAKE="a$"\n',
+        "MAKE=$((1+2))\n",
+        "MAKE=$'x'\n",
+        'MAKE="\\$kernelver"\n',
+        "MAKE=`echo $kernelver`\n",
+        "MAKE=$odd\n",  # would be expanded again when the parent re-reads it
+        'MAKE="$star"\n',  # would glob in the echo
+        "MAKE=$quote\n",
+        "x=$odd\nMAKE=$x\n",
+        "IFS=$kernelver\n",
+        "FOO=$kernelver\n",
+        "x=$HOME\n",  # a helper whose value is unknown
+    ],
+)
+def test_references_bash_must_answer(tmp_path: Path, text: str) -> None:
+    assert literal_values(write_confs(tmp_path, text)) is None
+
+
+def test_helpers_do_not_survive_to_the_next_file(tmp_path: Path) -> None:
+    files = write_confs(tmp_path, "x=1\n", "PACKAGE_NAME=$x\n")
+    assert literal_values(files) is None
+    # unset in bash, but only because the environment has no x
+    assert bash_values(files).get("PACKAGE_NAME") == ""
+
+
+def test_whitelisted_scope_value_with_blank_runs_goes_to_bash(tmp_path: Path) -> None:
+    files = write_confs(tmp_path, "PACKAGE_NAME=$tmp_location\n")
+    scope = {**SCOPE, "tmp_location": "/a  b"}
+    assert shellconf.evaluate_literal(files, VARS, scope=scope) is None
+
+
+@pytest.mark.parametrize(
+    "key", ["BASH_ENV", "SHELLOPTS", "BASHOPTS", "POSIXLY_CORRECT", "BASH_FUNC_echo%%"]
+)
+def test_environment_bash_reads_at_startup_goes_to_bash(tmp_path: Path, key: str) -> None:
+    files = write_confs(tmp_path, "PACKAGE_NAME=$kernelver\n")
+    env = {"PATH": "/usr/bin:/bin", key: "x"}
+    assert shellconf.evaluate_literal(files, VARS, scope=SCOPE, env=env) is None
+
+
+def test_failing_lines_with_many_references_fail_fast(tmp_path: Path) -> None:
+    # without the lookahead in _REF each `$name` could end at any of its characters
+    text = 'MAKE="' + "$kernel_source_dir_abcdefgh " * 12 + '["\n'
+    start = time.monotonic()
+    assert literal_values(write_confs(tmp_path, text)) is None
+    assert time.monotonic() - start < 1
+
+
+def _random_conf(rng: random.Random) -> str:
+    names = ["PACKAGE_NAME", "MAKE", "MAKE[1]", "CLEAN", "tmp_location", "x", "kernelver"]
+    refs = ["$PACKAGE_NAME", "${MAKE}", "$CLEAN", "$tmp_location", "$x", "${kernelver}"]
+    refs += ["$spaced", "$dkms_tree", "$parallel_jobs"]
+    words = ["a", "-", "/", "  ", "\t", "b.c", "=", ":"]
+    lines = []
+    for _ in range(rng.randint(1, 6)):
+        parts = [
+            rng.choice(refs if rng.random() < 0.5 else words) for _ in range(rng.randint(0, 4))
+        ]
+        value = "".join(parts)
+        if any(c in value for c in " \t") or rng.random() < 0.5:
+            value = f'"{value}"'
+        lines.append(f"{rng.choice(names)}={value}\n")
+    return "".join(lines)
+
+
+def _needs_bash(files: list[Path]) -> bool:
+    """A reference to a name that is neither whitelisted, nor in SCOPE, nor assigned earlier in
+    the same file (where `$x` next to word characters is a longer name)."""
+    for f in files:
+        helpers: set[str] = set()
+        for line in f.read_text().splitlines():
+            for ref in re.finditer(r"\$(?:\{(\w+)\}|(\w+))", line):
+                name = ref.group(1) or ref.group(2)
+                if name not in VARS and name not in SCOPE and name not in helpers:
+                    return True
+            helpers.add(line.split("=", 1)[0])
+    return False
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_random_reference_files_match_bash(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    files = write_confs(tmp_path, *(_random_conf(rng) for _ in range(rng.randint(1, 3))))
+    literal = literal_values(files, ("CLEAN",))
+    if _needs_bash(files):
+        assert literal is None
+    else:
+        assert literal is not None
+        assert as_plain(literal) == as_plain(bash_values(files, ("CLEAN",)))
+
+
+def test_archive_dkms_conf_needs_no_bash(tmp_path: Path) -> None:
+    conf = tmp_path / "dkms.conf"
+    conf.write_text(
+        'PACKAGE_NAME="foo"\n'
+        'PACKAGE_VERSION="1.0"\n'
+        "BUILT_MODULE_NAME[0]=${PACKAGE_NAME}\n"
+        'DEST_MODULE_LOCATION[0]="/updates/dkms"\n'
+        'MAKE[0]="make -C $kernel_source_dir'
+        ' M=$dkms_tree/$PACKAGE_NAME/$PACKAGE_VERSION/build"\n'
+        'AUTOINSTALL="yes"\n'
+    )
+    ctx = ConfContext(
+        etc_dkms=tmp_path / "etc/dkms",
+        distro="debian",
+        addon_modules_dir="",
+        dkms_tree=tmp_path / "var/lib/dkms",
+        source_tree=tmp_path / "usr/src",
+        install_tree=tmp_path / "lib/modules",
+        tmp_location=Path("/tmp"),
+        parallel_jobs="1",
+        kernel_source_dir=tmp_path / "lib/modules/K/build",
+        kernel_config=tmp_path / "lib/modules/K/build/.config",
+        # no bash on this PATH: read_conf can only succeed without it
+        environ={"PATH": os.fspath(tmp_path / "empty")},
+    )
+    with pytest.raises(FileNotFoundError):
+        run.run_bash_bytes("true", env=ctx.environ)
+    got = read_conf(conf, "foo", "1.0", "K", "x86_64", ctx, Captured(), strict=True)
+    assert (
+        got.make_command
+        == f"make -C {tmp_path}/lib/modules/K/build M={tmp_path}/var/lib/dkms/foo/1.0/build"
+    )
+    assert got.modules[0].built_name == "foo"
+    assert got.autoinstall
