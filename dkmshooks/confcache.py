@@ -150,6 +150,15 @@ def _decode(data: list[Any]) -> DkmsConf:
     return DkmsConf(**args)
 
 
+def _extras_key(memo_key: str) -> tuple[str, str]:
+    """(context, stamps) of a status memo key; the context, a few hundred bytes of paths, is
+    stored as its BLAKE2 digest (a status file holds one per kernel)."""
+    from hashlib import blake2b
+
+    context, stamps = memo_key.rsplit("\0", 1)
+    return blake2b(context.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest(), stamps
+
+
 class ConfCache:
     """The cache of one state directory; shared by every session and thread of the process.
     `read_only`: use what is there, write nothing (`dkmshooks plan` and `doctor` promise to
@@ -273,7 +282,7 @@ class ConfCache:
         """A status line's extras as put_extras stored them, if none of their inputs changed:
         the conf's context and file stamps (`memo_key`), the installed state and the stamps of
         every file the answer was computed from."""
-        key, digest = memo_key.rsplit("\0", 1)
+        key, digest = _extras_key(memo_key)
         with self._lock:
             hit = self._load(module, version, "status").get("extras", {}).get(key)
         if not isinstance(hit, list) or len(hit) != 4:
@@ -301,7 +310,7 @@ class ConfCache:
         flags: tuple[bool, bool, bool],
     ) -> None:
         """`files`: each with the stamp it had before the answer was computed from it."""
-        key, digest = memo_key.rsplit("\0", 1)
+        key, digest = _extras_key(memo_key)
         entry = [digest, installed, [[path, old] for path, old in files], list(flags)]
         with self._lock:
             extras = self._load(module, version, "status").setdefault("extras", {})

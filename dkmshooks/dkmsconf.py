@@ -358,11 +358,7 @@ def read_conf(
             make_command = make[idx]
     if not make_command:
         make_command = f"make -C {ctx.kernel_source_dir} M={ctx.dkms_tree}/{module}/{version}/build"
-    vmlinux = ctx.kernel_source_dir / "vmlinux"
-    if vmlinux.exists():
-        if _vmlinux_is_clang(vmlinux):
-            make_command += " LLVM=1"
-    elif ctx.kernel_config.exists() and _config_contains(ctx.kernel_config, "CONFIG_CC_IS_CLANG=y"):
+    if _built_with_clang(ctx.kernel_source_dir / "vmlinux", ctx.kernel_config):
         make_command += " LLVM=1"
 
     patch = values.array("PATCH")
@@ -498,6 +494,33 @@ def _replace_excluded(entry: ModuleEntry, excluded: bool) -> ModuleEntry:
     from dataclasses import replace
 
     return replace(entry, excluded=excluded)
+
+
+_CLANG: dict[tuple[str, str, tuple[int, ...], tuple[int, ...]], bool] = {}
+
+
+def _file_stamp(path: Path) -> tuple[int, ...]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ()
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _built_with_clang(vmlinux: Path, config: Path) -> bool:
+    """dkms's LLVM=1 test: vmlinux's .comment if there is a vmlinux, else the kernel config.
+    Remembered while neither file changes: every dkms.conf of a kernel asks (500 on a big
+    tree), and a kernel config is 200 kB."""
+    key = (os.fspath(vmlinux), os.fspath(config), _file_stamp(vmlinux), _file_stamp(config))
+    verdict = _CLANG.get(key)
+    if verdict is None:
+        if key[2]:
+            verdict = _vmlinux_is_clang(vmlinux)
+        else:
+            verdict = bool(key[3]) and _config_contains(config, "CONFIG_CC_IS_CLANG=y")
+        if (_file_stamp(vmlinux), _file_stamp(config)) == key[2:]:
+            _CLANG[key] = verdict
+    return verdict
 
 
 def _config_contains(path: Path, needle: str) -> bool:

@@ -180,3 +180,30 @@ def test_dest_override_per_distro() -> None:
     assert override_dest_location("arch", "", "/kernel/x") == "/updates/dkms"
     assert override_dest_location("gentoo", "", "/kernel/x") == "/kernel/x"
     assert override_dest_location("debian", "addon", "/kernel/x") == "/addon"
+
+
+def test_clang_kernel_adds_llvm_and_follows_its_files(root: Path) -> None:
+    """dkms appends LLVM=1 for a clang-built kernel: vmlinux's .comment when there is a vmlinux,
+    else CONFIG_CC_IS_CLANG in the config. The verdict is remembered only while both files are
+    unchanged."""
+    conf_path = write(root, 'PACKAGE_NAME="foo"\nPACKAGE_VERSION="1"\nMAKE[0]="make all"\n')
+    build = root / "lib/modules/K/build"
+    build.mkdir(parents=True)
+    config = build / ".config"
+
+    def make() -> str:
+        return read_conf(conf_path, "foo", "1", "K", "x86_64", ctx(root), Captured()).make_command
+
+    assert make() == "make all"  # no config, no vmlinux
+    config.write_text("CONFIG_MODULES=y\nCONFIG_CC_IS_GCC=y\n")
+    assert make() == "make all"
+    config.write_text("CONFIG_MODULES=y\nCONFIG_CC_IS_CLANG=y\n")
+    assert make() == "make all LLVM=1"
+    vmlinux = build / "vmlinux"
+    vmlinux.write_bytes(b"\x7fELF ... GCC: (Debian 12.2.0-14) 12.2.0\0")
+    assert make() == "make all"  # vmlinux decides when it is there
+    vmlinux.write_bytes(b"\x7fELF ... Debian clang version 14.0.6\0")
+    assert make() == "make all LLVM=1"
+    vmlinux.unlink()
+    config.write_text("CONFIG_MODULES=y\nCONFIG_CC_IS_GCC=y\n")
+    assert make() == "make all"
