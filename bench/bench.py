@@ -32,6 +32,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CACHE = Path(os.environ.get("BENCH_CACHE", "/var/cache/dkmshooks-bench"))
 DKMS_DEB_DIR = CACHE / "dkms-3.0.10"
+# the kernels' real linux-image packages, extracted: /lib/modules/K (4,000 modules, modules.dep)
+# and /boot/System.map-K, so depmod costs what it costs on a real upgrade, for both tools
+IMAGES = CACHE / "images"
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 OVERLAYS = (
     ("etc", "/etc"),
@@ -162,7 +165,12 @@ class Namespace:
                 f"mount -t overlay bench-ro -o lowerdir={shlex.quote(extra)}:{target} {target}"
             )
         for name, target in OVERLAYS:
-            lower = scratch.lowers.get(target, target)
+            lower = scratch.lowers.get(target)
+            if lower is None:
+                lower = target
+                image_part = IMAGES / target.lstrip("/")
+                if image_part.is_dir():
+                    lower = f"{target}:{image_part}"  # the host's (headers' build links) on top
             up, work = scratch.path / name / "upper", scratch.path / name / "work"
             lines.append(
                 f"mount -t overlay bench -o lowerdir={shlex.quote(lower)},"
@@ -230,6 +238,35 @@ class Module:
     src: Path  # extracted /usr/src/<dir>
     name: str
     version: str
+
+
+def ensure_images(kernels: Sequence[str]) -> None:
+    """Download (never install) the kernels' linux-image packages; extract them into IMAGES."""
+    debs = CACHE / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    for kver in kernels:
+        if (IMAGES / "lib/modules" / kver / "modules.dep").is_file():
+            continue
+        pkg = f"linux-image-{kver}"
+        if not list(debs.glob(f"{pkg}_*.deb")):
+            log(f"downloading {pkg}")
+            subprocess.run(["apt-get", "download", pkg], cwd=debs, check=True)
+        deb = sorted(debs.glob(f"{pkg}_*.deb"))[-1]
+        stage = IMAGES.with_name("images.tmp")
+        shutil.rmtree(stage, ignore_errors=True)
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(stage)], check=True)
+        # what the image's postinst does: depmod, so modules.dep exists as on an installed image
+        subprocess.run(
+            ["depmod", "-b", str(stage), "-a", kver, "-F", str(stage / f"boot/System.map-{kver}")],
+            check=True,
+        )
+        for sub in (f"lib/modules/{kver}", f"boot/System.map-{kver}", f"boot/config-{kver}"):
+            dest = IMAGES / sub
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.is_dir():
+                shutil.rmtree(dest)
+            os.replace(stage / sub, dest)
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def ensure_cache() -> None:
@@ -402,9 +439,10 @@ class Bench:
         for kver in (self.k1, self.k2) if kernels else ():
             if os.path.isdir(f"/lib/modules/{kver}/updates"):
                 scratch.opaque(f"/lib/modules/{kver}/updates")
-            # "image ready": the kernel's own module tree and an image
-            scratch.write(f"/lib/modules/{kver}/modules.order", "")
-            scratch.upper(f"/lib/modules/{kver}/kernel").mkdir(parents=True, exist_ok=True)
+            # "image ready": the real image's module tree (IMAGES), or a stand-in for one
+            if not (IMAGES / "lib/modules" / kver / "modules.dep").is_file():
+                scratch.write(f"/lib/modules/{kver}/modules.order", "")
+                scratch.upper(f"/lib/modules/{kver}/kernel").mkdir(parents=True, exist_ok=True)
             scratch.write(f"/boot/vmlinuz-{kver}", "bench: not a real kernel image\n")
         if tool is DKMS:
             for hook in (DKMS_DEB_DIR / "etc/kernel").glob("*/dkms"):
@@ -762,6 +800,7 @@ class Bench:
     def run(self) -> None:
         opts = self.opts
         ensure_cache()
+        ensure_images((self.k1, self.k2))
         self.make_mok()
         probe = Scratch(self.root / "probe")
         self.seed(probe, self.hooks)
