@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import filecmp
-import glob
 import os
-import shutil
 from pathlib import Path
 
 from . import faults
@@ -68,12 +65,16 @@ def copy_file_atomic(src: Path, dest: Path) -> None:
     """Installed modules never appear half-written: copy beside, fsync, rename over.
     Callers hold the tree lock, so a temporary file of `dest` found here is a dead process's."""
     prefix = f".{dest.name}{TMP_MARK}"
+    import glob  # here: every hook imports this module, few copy files
+
     for stale in dest.parent.glob(glob.escape(prefix) + "*"):
         stale.unlink(missing_ok=True)
     import tempfile
 
     fd, tmp = tempfile.mkstemp(prefix=prefix, dir=dest.parent)
     os.close(fd)
+    import shutil  # here: every hook imports this module, few copy files
+
     try:
         shutil.copyfile(src, tmp)
         faults.point("copy.copied")
@@ -91,6 +92,8 @@ def copy_file_atomic(src: Path, dest: Path) -> None:
 
 
 def symlink_atomic(target: str, link: Path) -> None:
+    import glob  # here: every hook imports this module, few copy files
+
     for stale in link.parent.glob(glob.escape(f".{link.name}.tmp") + "*"):
         stale.unlink(missing_ok=True)
     tmp = link.parent / f".{link.name}.tmp{os.getpid()}"
@@ -125,6 +128,8 @@ def remove_tree(path: Path) -> None:
         except OSError:
             doomed = path  # a mount point, or a parent we cannot write: delete in place
         faults.point("remove_tree.renamed")
+        import shutil  # here: every hook imports this module, few delete trees
+
         shutil.rmtree(doomed, ignore_errors=True)
 
 
@@ -147,16 +152,22 @@ def is_within(path: Path, top: Path) -> bool:
 
 def copy_tree(src: Path, dest: Path) -> None:
     """`cp -a src/ dest` (dest must not exist)."""
+    import shutil  # here: every hook imports this module, few copy files
+
     shutil.copytree(src, dest, symlinks=True)
 
 
 def copy_tree_into(src: Path, dest: Path) -> None:
     """`cp -fprT src/ dest`: merge src's content into dest."""
     dest.mkdir(parents=True, exist_ok=True)
+    import shutil  # here: every hook imports this module, few copy files
+
     shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True)
 
 
 def same_content(a: Path, b: Path) -> bool:
+    import filecmp  # here: every hook imports this module, few copy files
+
     try:
         return filecmp.cmp(a, b, shallow=False)
     except OSError:

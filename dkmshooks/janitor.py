@@ -40,15 +40,20 @@ def _dirs(path: Path) -> list[Path]:
 def sweep_module(module_dir: Path) -> list[Path]:
     """Sweep one `<dkms_tree>/<module>` (three levels deep); remove it if that empties it."""
     found: list[Path] = []
-    level = [module_dir]
+    level = [os.fspath(module_dir)]
     for _depth in range(3):
-        below: list[Path] = []
+        below: list[str] = []
         for directory in level:
-            for child in _entries(directory):
-                if _is_stale(child.name):
-                    found.append(child)
-                elif child.is_dir() and not child.is_symlink():
-                    below.append(child)
+            # every hook walks this: directory entries say what is a real dir, no stat()
+            try:
+                with os.scandir(directory) as it:
+                    for child in it:
+                        if _is_stale(child.name):
+                            found.append(Path(child.path))
+                        elif child.is_dir(follow_symlinks=False):
+                            below.append(child.path)
+            except OSError:
+                pass
         level = below
     for path in found:
         fsutil.remove_tree(path)

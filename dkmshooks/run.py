@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import subprocess
 
 from .errors import CommandFailed
 
@@ -46,6 +49,8 @@ def run(
     _flush()
     stdout: int | None = None
     stderr: int | None = None
+    import subprocess  # here: a hook with nothing to do starts no process
+
     if capture:
         stdout = subprocess.PIPE
         stderr = subprocess.STDOUT if merge_stderr else subprocess.PIPE
@@ -96,6 +101,8 @@ def run_bash_bytes(
     argv = ["bash", "-c", script, "bash", *args]
     _debug("+ %s", " ".join(argv[:2]))
     _flush()
+    import subprocess  # here: a hook with nothing to do starts no process
+
     proc = subprocess.run(
         argv,
         cwd=cwd,
@@ -124,6 +131,8 @@ def run_logged(
     `tick` is called every `tick_seconds` while the command runs (dkms's progress dots).
     `pass_fds`: descriptors the command inherits (the engine's make jobserver); `shown`: the
     command the log names, when it differs in form only (see Builder.do_build)."""
+    import subprocess  # here: a hook with nothing to do starts no process
+
     start = time.monotonic()
     with open(logfile, "a", encoding="utf-8", errors="surrogateescape") as fh:
         fh.write(f"\n{description}\n# command: {shown or command}\n")
@@ -165,6 +174,8 @@ def run_quiet_status(
 ) -> int:
     """A bash command whose output dkms discards (invoke_command in background mode, no log)."""
     _flush()
+    import subprocess  # here: a hook with nothing to do starts no process
+
     proc = subprocess.Popen(
         ["bash", "-c", command],
         cwd=cwd,
