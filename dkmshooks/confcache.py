@@ -77,11 +77,10 @@ def override_names(module: str, version: str, kver: str, arch: str) -> list[str]
     ]
 
 
-def context_key(conf_path: Path, kver: str, arch: str, ctx: ConfContext) -> str:
-    """Everything besides the files that decides what read_conf returns."""
+def _context(kver: str, arch: str, ctx: ConfContext) -> str:
+    """Everything besides the conf's path and the files that decides what read_conf returns."""
     return "\0".join(
         [
-            os.fspath(conf_path),
             kver,
             arch,
             os.fspath(ctx.etc_dkms),
@@ -176,6 +175,8 @@ class ConfCache:
         # stat() results reused for MEMO_SECONDS: `dkms status` asks about the same dkms.conf,
         # /etc/dkms and kernel config once per line (10,000 lines on a big tree)
         self._memo: dict[tuple[Callable[[str], Any], str], tuple[float, Any]] = {}
+        # key()'s per-kernel part: (when, ctx, context tail, kernel file stamps, /etc/dkms, names)
+        self._kernel_parts: dict[tuple[str, str, int], tuple[Any, ...]] = {}
 
     def _path(self, module: str, version: str, kind: str = "") -> Path:
         tail = f"@{kind}" if kind else ""  # `@` never occurs in a quoted name
@@ -231,23 +232,35 @@ class ConfCache:
         result: frozenset[str] = self._memo_get(directory, _names)
         return result
 
-    def file_stamps(
-        self, conf_path: Path, module: str, version: str, kver: str, arch: str, ctx: ConfContext
-    ) -> list[Stamp]:
-        """The stamps of every file the evaluation read (see the module docstring)."""
-        etc = os.fspath(ctx.etc_dkms)
-        present = self._memo_get(etc, _names)
-        src = os.fspath(ctx.kernel_source_dir)
-        stamps = [self._memo_get(os.fspath(conf_path), stamp)]
+    def key(
+        self,
+        conf_path: str | os.PathLike[str],
+        module: str,
+        version: str,
+        kver: str,
+        arch: str,
+        ctx: ConfContext,
+    ) -> tuple[str, str]:
+        """(context key, digest of the stamps of every file the evaluation read): what an entry
+        is stored under and what it must match (see the module docstring). The kernel's part
+        (the context, its config files, the /etc/dkms listing) is worked out once per kernel and
+        reused for MEMO_SECONDS: `dkms status` asks once per line (10,000 on a big tree)."""
+        now = time.monotonic()
+        part = self._kernel_parts.get((kver, arch, id(ctx)))
+        if part is None or part[1] is not ctx or now - part[0] >= MEMO_SECONDS:
+            etc = os.fspath(ctx.etc_dkms)
+            src = os.fspath(ctx.kernel_source_dir)
+            kernel_files = (os.fspath(ctx.kernel_config), f"{src}/.config", f"{src}/vmlinux")
+            tail = _context(kver, arch, ctx)
+            kernel = [self.memo_stamp(path) for path in kernel_files]
+            part = (now, ctx, tail, kernel, etc, self.memo_names(etc))
+            self._kernel_parts[(kver, arch, id(ctx))] = part
+        _, _, tail, kernel, etc, present = part
+        conf = os.fspath(conf_path)
+        stamps = [self.memo_stamp(conf)]
         for name in override_names(module, version, kver, arch):
             stamps.append(stamp(os.path.join(etc, name)) if name in present else [])
-        for path in (
-            os.fspath(ctx.kernel_config),
-            os.path.join(src, ".config"),
-            os.path.join(src, "vmlinux"),
-        ):
-            stamps.append(self._memo_get(path, stamp))
-        return stamps
+        return f"{conf}\0{tail}", self.digest(stamps + kernel)
 
     @staticmethod
     def digest(stamps: list[Stamp]) -> str:
@@ -320,22 +333,22 @@ class ConfCache:
                 extras.pop(next(iter(extras)))
             self._dirty.add((module, version, "status"))
 
-    def get(self, module: str, version: str, key: str, stamps: list[Stamp]) -> DkmsConf | None:
+    def get(self, module: str, version: str, key: str, digest: str) -> DkmsConf | None:
         with self._lock:
             entry = self._load(module, version)["entries"].get(key)
-        if not isinstance(entry, list) or len(entry) != 2 or entry[0] != self.digest(stamps):
+        if not isinstance(entry, list) or len(entry) != 2 or entry[0] != digest:
             return None
         try:
             return _decode(entry[1])
         except (KeyError, TypeError, ValueError):
             return None
 
-    def put(self, module: str, version: str, key: str, stamps: list[Stamp], conf: DkmsConf) -> None:
+    def put(self, module: str, version: str, key: str, digest: str, conf: DkmsConf) -> None:
         with self._lock:
             data = self._load(module, version)
             entries: dict[str, Any] = data["entries"]
             entries.pop(key, None)
-            entries[key] = [self.digest(stamps), _encode(conf)]
+            entries[key] = [digest, _encode(conf)]
             while len(entries) > MAX_ENTRIES:
                 entries.pop(next(iter(entries)))
             self._dirty.add((module, version, ""))
@@ -346,6 +359,7 @@ class ConfCache:
         with self._lock:
             self._files.clear()
             self._memo.clear()
+            self._kernel_parts.clear()
 
     def flush(self) -> None:
         """Write what changed; quietly nothing where we may not write (a user's `dkms status`)."""

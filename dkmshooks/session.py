@@ -7,7 +7,6 @@ import os
 import random
 import re
 import string
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,10 +77,6 @@ class SessionBase:
     installed_count: int = 0
     signing: Signing = field(default_factory=Signing)
     _suffix_cache: dict[str, str] = field(default_factory=dict)
-    # status's per-kernel part of confcache keys: (when, context, kernel files, /etc/dkms, names)
-    _kernel_key_parts: dict[tuple[str, str], tuple[float, str, str, str, frozenset[str]]] = field(
-        default_factory=dict
-    )
     _conf_cache: dict[tuple[object, ...], DkmsConf] = field(default_factory=dict)
     #: set by the engine while builds run concurrently (see jobserver.py)
     jobserver: JobServer | None = None
@@ -197,30 +192,15 @@ class SessionBase:
     def conf_cache_key(
         self, conf_path: str, module: str, version: str, kver: str, arch: str
     ) -> str | None:
-        """What decides the persistent read_conf of this module/version/kernel/arch: its context
-        and the stamps of the files it reads (confcache.file_stamps, computed once per kernel
-        where they are the kernel's); None where that read is not cached."""
+        """What decides the persistent read_conf of this module/version/kernel/arch, as one
+        string: its context and the digest of the stamps of the files it reads (the same two
+        things confcache keys an evaluated conf on); None where that read is not cached."""
         if self.options.directives or not (module and version):
             return None
+        ctx = self._cached_context(kver)
         cache = confcache.for_layout(self.layout)
-        now = time.monotonic()
-        part = self._kernel_key_parts.get((kver, arch))
-        if part is None or now - part[0] >= confcache.MEMO_SECONDS:
-            ctx = self._cached_context(kver)
-            etc = os.fspath(ctx.etc_dkms)
-            src = os.fspath(ctx.kernel_source_dir)
-            kernel_files = (os.fspath(ctx.kernel_config), f"{src}/.config", f"{src}/vmlinux")
-            kernel = repr([cache.memo_stamp(path) for path in kernel_files])
-            tail = confcache.context_key(Path(), kver, arch, ctx)
-            part = (now, tail, kernel, etc, cache.memo_names(etc))
-            self._kernel_key_parts[(kver, arch)] = part
-        _, tail, kernel, etc, present = part
-        overrides = ""
-        if present:
-            names = confcache.override_names(module, version, kver, arch)
-            overrides = repr([confcache.stamp(f"{etc}/{n}") if n in present else [] for n in names])
-        conf = cache.memo_stamp(conf_path)
-        return f"{conf_path}\0{tail}\0{conf!r}{overrides}{kernel}"
+        key, digest = cache.key(conf_path, module, version, kver, arch, ctx)
+        return f"{key}\0{digest}"
 
     def _read_conf_cached(
         self, conf_path: Path, module: str, version: str, kver: str, arch: str, shown: str
@@ -228,14 +208,13 @@ class SessionBase:
         """read_conf for status and plan, through confcache (one lookup per status line)."""
         cache = confcache.for_layout(self.layout)
         ctx = self._cached_context(kver)
-        ckey = confcache.context_key(conf_path, kver, arch, ctx)
-        stamps = cache.file_stamps(conf_path, module, version, kver, arch, ctx)
-        conf = cache.get(module, version, ckey, stamps)
+        ckey, digest = cache.key(conf_path, module, version, kver, arch, ctx)
+        conf = cache.get(module, version, ckey, digest)
         if conf is None:
             conf = read_conf(
                 conf_path, module, version, kver, arch, ctx, self.console, shown_path=shown
             )
-            cache.put(module, version, ckey, stamps, conf)
+            cache.put(module, version, ckey, digest, conf)
         return conf
 
     # -- output helpers ------------------------------------------------------------------------
