@@ -30,23 +30,13 @@ from typing import Any
 
 from . import shellconf
 from .dkmsconf import ConfContext, DkmsConf, ModuleEntry
+from .fsutil import Stamp, stamp
 from .layout import Layout
 
 SCHEMA = 1
 #: entries kept per module/version: one per kernel/arch/context, the most recent first
 MAX_ENTRIES = 64
 MEMO_SECONDS = 1.0
-
-Stamp = list[int]
-
-
-def stamp(path: str | os.PathLike[str]) -> Stamp:
-    """[inode, size, mtime_ns, ctime_ns]; [] for a file that is not there."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return []
-    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+-")

@@ -12,6 +12,7 @@ from pathlib import Path
 from . import shellconf
 from .console import Console
 from .errors import BadConfError, ConfMissingError
+from .fsutil import stamp
 from .versions import ver_gt, ver_lt
 
 CONF_VARIABLES = [
@@ -496,29 +497,26 @@ def _replace_excluded(entry: ModuleEntry, excluded: bool) -> ModuleEntry:
     return replace(entry, excluded=excluded)
 
 
-_CLANG: dict[tuple[str, str, tuple[int, ...], tuple[int, ...]], bool] = {}
+_CLANG: dict[tuple[str, str, tuple[tuple[int, ...], ...]], bool] = {}
 
 
-def _file_stamp(path: Path) -> tuple[int, ...]:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return ()
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+def _stamps(*paths: Path) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(stamp(p)) for p in paths)
 
 
 def _built_with_clang(vmlinux: Path, config: Path) -> bool:
     """dkms's LLVM=1 test: vmlinux's .comment if there is a vmlinux, else the kernel config.
     Remembered while neither file changes: every dkms.conf of a kernel asks (500 on a big
     tree), and a kernel config is 200 kB."""
-    key = (os.fspath(vmlinux), os.fspath(config), _file_stamp(vmlinux), _file_stamp(config))
+    stamps = _stamps(vmlinux, config)
+    key = (os.fspath(vmlinux), os.fspath(config), stamps)
     verdict = _CLANG.get(key)
     if verdict is None:
-        if key[2]:
+        if stamps[0]:
             verdict = _vmlinux_is_clang(vmlinux)
         else:
-            verdict = bool(key[3]) and _config_contains(config, "CONFIG_CC_IS_CLANG=y")
-        if (_file_stamp(vmlinux), _file_stamp(config)) == key[2:]:
+            verdict = bool(stamps[1]) and _config_contains(config, "CONFIG_CC_IS_CLANG=y")
+        if _stamps(vmlinux, config) == stamps:
             _CLANG[key] = verdict
     return verdict
 

@@ -42,6 +42,20 @@ def fsync_tree(path: Path) -> None:
         fsync_dir(Path(dirpath))
 
 
+#: a file's identity and change stamps: [inode, size, mtime_ns, ctime_ns], [] when it is absent
+Stamp = list[int]
+
+
+def stamp(path: str | os.PathLike[str]) -> Stamp:
+    """[inode, size, mtime_ns, ctime_ns]; [] for a file that is not there. Caches keyed on it
+    (confcache, dkmsconf's LLVM test) see any change: a replaced, rewritten or touched file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return []
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
 def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     import tempfile  # not at start-up: most commands never write a file
@@ -64,17 +78,16 @@ def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
 def copy_file_atomic(src: Path, dest: Path) -> None:
     """Installed modules never appear half-written: copy beside, fsync, rename over.
     Callers hold the tree lock, so a temporary file of `dest` found here is a dead process's."""
-    prefix = f".{dest.name}{TMP_MARK}"
-    import glob  # here: every hook imports this module, few copy files
-
-    for stale in dest.parent.glob(glob.escape(prefix) + "*"):
-        stale.unlink(missing_ok=True)
+    # imported here, not at start-up: every hook imports this module, few copy files
+    import glob
+    import shutil
     import tempfile
 
+    prefix = f".{dest.name}{TMP_MARK}"
+    for stale in dest.parent.glob(glob.escape(prefix) + "*"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=prefix, dir=dest.parent)
     os.close(fd)
-    import shutil  # here: every hook imports this module, few copy files
-
     try:
         shutil.copyfile(src, tmp)
         faults.point("copy.copied")
@@ -92,7 +105,7 @@ def copy_file_atomic(src: Path, dest: Path) -> None:
 
 
 def symlink_atomic(target: str, link: Path) -> None:
-    import glob  # here: every hook imports this module, few copy files
+    import glob  # here: every hook imports this module, few write links
 
     for stale in link.parent.glob(glob.escape(f".{link.name}.tmp") + "*"):
         stale.unlink(missing_ok=True)

@@ -50,7 +50,7 @@ def _plain_or_packed(
     return None
 
 
-_UNCACHEABLE: tuple[str, confcache.Stamp] = ("", [])
+_UNCACHEABLE: tuple[str, fsutil.Stamp] = ("", [])
 
 
 class Session(Installer):
@@ -86,7 +86,7 @@ class Session(Installer):
         # a path starting with "~" is checked through the cache's short-lived stat memo)
         parent = os.path.join(tree, module, "original_module")
         if cache.memo_stamp(parent):
-            seen = [(original_dir, confcache.stamp(original_dir))]
+            seen = [(original_dir, fsutil.stamp(original_dir))]
         else:
             seen = [("~" + parent, [])]
         original = os.path.isdir(original_dir)
@@ -111,7 +111,7 @@ class Session(Installer):
         arch: str,
         installed: bool,
         original: bool,
-        seen: list[tuple[str, confcache.Stamp]],
+        seen: list[tuple[str, fsutil.Stamp]],
     ) -> Extras:
         """The extras proper. Appends each file consulted, with its stamp taken before, to
         `seen`, and _UNCACHEABLE when the answer depends on more than those files (a
@@ -124,7 +124,7 @@ class Session(Installer):
             # the kernel's compression suffix (a walk of its module tree) only matters when
             # the plain .ko is not there
             plain = os.path.join(built, f"{entry.dest_name}.ko")
-            seen.append((plain, confcache.stamp(plain)))
+            seen.append((plain, fsutil.stamp(plain)))
             tree_mod = _plain_or_packed(built, entry.dest_name, self.suffix, kver)
             if tree_mod != plain:
                 seen.append(_UNCACHEABLE)
@@ -136,7 +136,7 @@ class Session(Installer):
             # has the built one's version info; a byte-identical copy settles both questions
             where = f"{modules_dir}{entry.dest_location}"
             plain = os.path.join(where, f"{entry.dest_name}.ko")
-            seen.append((plain, confcache.stamp(plain)))
+            seen.append((plain, fsutil.stamp(plain)))
             first = _plain_or_packed(where, entry.dest_name, self.suffix, kver)
             if first is not None and cache.same_content(module, version, tree_mod, first):
                 if first != plain:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 from dkmshooks.console import Console
+from dkmshooks.dkmsconf import ConfContext
 
 
 class Captured(Console):
@@ -23,3 +25,22 @@ class Captured(Console):
     @property
     def text(self) -> str:
         return "".join(self.merged)
+
+
+def conf_context(root: Path, **kw: object) -> ConfContext:
+    """The ConfContext dkms gives a dkms.conf, with every tree under `root` and kernel `K`."""
+    base = dict(
+        etc_dkms=root / "etc/dkms",
+        distro="debian",
+        addon_modules_dir="",
+        dkms_tree=root / "var/lib/dkms",
+        source_tree=root / "usr/src",
+        install_tree=root / "lib/modules",
+        tmp_location=Path("/tmp"),
+        parallel_jobs="1",
+        kernel_source_dir=root / "lib/modules/K/build",
+        kernel_config=root / "lib/modules/K/build/.config",
+        environ={"PATH": "/usr/bin:/bin"},
+    )
+    base.update(kw)
+    return ConfContext(**base)  # type: ignore[arg-type]

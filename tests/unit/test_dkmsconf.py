@@ -4,28 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from dkmshooks.dkmsconf import ConfContext, override_dest_location, read_conf
+from dkmshooks.dkmsconf import override_dest_location, read_conf
 from dkmshooks.errors import BadConfError, ConfMissingError
 
-from .helpers import Captured
-
-
-def ctx(root: Path, **kw: object) -> ConfContext:
-    base = dict(
-        etc_dkms=root / "etc/dkms",
-        distro="debian",
-        addon_modules_dir="",
-        dkms_tree=root / "var/lib/dkms",
-        source_tree=root / "usr/src",
-        install_tree=root / "lib/modules",
-        tmp_location=Path("/tmp"),
-        parallel_jobs="1",
-        kernel_source_dir=root / "lib/modules/K/build",
-        kernel_config=root / "lib/modules/K/build/.config",
-        environ={"PATH": "/usr/bin:/bin"},
-    )
-    base.update(kw)
-    return ConfContext(**base)  # type: ignore[arg-type]
+from .helpers import Captured, conf_context
 
 
 def write(root: Path, text: str) -> Path:
@@ -41,7 +23,9 @@ def test_scalars_arrays_and_scope(root: Path) -> None:
         'DEST_MODULE_LOCATION[0]="/kernel/extra"\nMAKE[0]="make KVER=$kernelver"\n'
         "AUTOINSTALL=YES\nBUILD_DEPENDS=(bar baz)\n",
     )
-    conf = read_conf(conf_path, "foo", "1.0", "6.1.0-56-amd64", "x86_64", ctx(root), Captured())
+    conf = read_conf(
+        conf_path, "foo", "1.0", "6.1.0-56-amd64", "x86_64", conf_context(root), Captured()
+    )
     assert conf.package_name == "foo"
     assert conf.make_command == "make KVER=6.1.0-56-amd64"
     assert conf.autoinstall
@@ -56,7 +40,7 @@ def test_crlf_is_stripped_and_functions_do_not_leak(root: Path) -> None:
         'PACKAGE_NAME="foo"\r\nPACKAGE_VERSION="1.0"\r\nDEST_MODULE_LOCATION[0]="/extra"\r\n'
         "read_conf() { echo hijack; }\r\nSECRET=1\r\n",
     )
-    conf = read_conf(conf_path, "foo", "1.0", "K", "x86_64", ctx(root), Captured())
+    conf = read_conf(conf_path, "foo", "1.0", "K", "x86_64", conf_context(root), Captured())
     assert conf.package_version == "1.0"
     assert conf.modules[0].built_name == "foo"
     assert "SECRET" not in conf.values.arrays
@@ -69,7 +53,9 @@ def test_validation_messages_in_dkms_order(root: Path) -> None:
     )
     console = Captured()
     with pytest.raises(BadConfError) as info:
-        read_conf(conf_path, "foo", "1.0", "K", "x86_64", ctx(root), console, shown_path="X")
+        read_conf(
+            conf_path, "foo", "1.0", "K", "x86_64", conf_context(root), console, shown_path="X"
+        )
     assert console.text == (
         "dkms.conf: Error! No 'PACKAGE_NAME' directive specified.\n"
         "dkms.conf: Error! No 'PACKAGE_VERSION' directive specified.\n"
@@ -92,7 +78,7 @@ def test_sparse_arrays_count_to_highest_index(root: Path) -> None:
     )
     console = Captured()
     with pytest.raises(BadConfError):
-        read_conf(conf_path, "foo", "1", "K", "x86_64", ctx(root), console)
+        read_conf(conf_path, "foo", "1", "K", "x86_64", conf_context(root), console)
     assert "No 'BUILT_MODULE_NAME' directive specified for record #0." in console.text
     assert "No 'DEST_MODULE_LOCATION' directive specified for record #1." in console.text
 
@@ -107,7 +93,7 @@ def test_overrides_replace_only_their_indices(root: Path) -> None:
     etc.mkdir(parents=True)
     (etc / "foo-1-K.conf").write_text("BUILT_MODULE_NAME[1]=override\n")
     (etc / "foo--K-x86_64.conf").write_text("AUTOINSTALL=yes\n")
-    conf = read_conf(conf_path, "foo", "1", "K", "x86_64", ctx(root), Captured())
+    conf = read_conf(conf_path, "foo", "1", "K", "x86_64", conf_context(root), Captured())
     assert [m.built_name for m in conf.modules] == ["a", "override"]
     assert conf.autoinstall
 
@@ -121,7 +107,7 @@ def test_directives_override_and_echo(root: Path) -> None:
         "1",
         "K",
         "x86_64",
-        ctx(root, directives=(("PACKAGE_VERSION", "2"),)),
+        conf_context(root, directives=(("PACKAGE_VERSION", "2"),)),
         console,
     )
     assert conf.package_version == "2"
@@ -136,7 +122,7 @@ def test_strict_mode_duplicates_and_deprecations(root: Path) -> None:
     )
     console = Captured()
     with pytest.raises(BadConfError):
-        read_conf(conf_path, "foo", "1", "K", "x86_64", ctx(root), console, strict=True)
+        read_conf(conf_path, "foo", "1", "K", "x86_64", conf_context(root), console, strict=True)
     assert f"Deprecated feature: REMAKE_INITRD ({conf_path})\n" in console.text
     assert "CLEAN" not in console.text
     assert "Duplicate module 'a' in 'BUILT_MODULE_NAME[1]'." in console.text
@@ -149,7 +135,9 @@ def test_build_exclusive_index_zero_is_global(root: Path) -> None:
         "PACKAGE_NAME=foo\nPACKAGE_VERSION=1\nBUILT_MODULE_NAME=(a b)\n"
         "DEST_MODULE_LOCATION=(/extra /extra)\nBUILD_EXCLUSIVE_KERNEL[0]='^5\\.'\n",
     )
-    conf = read_conf(conf_path, "foo", "1", "6.1.0-56-amd64", "x86_64", ctx(root), Captured())
+    conf = read_conf(
+        conf_path, "foo", "1", "6.1.0-56-amd64", "x86_64", conf_context(root), Captured()
+    )
     assert [m.excluded for m in conf.modules] == [True, True]
     assert conf.build_exclude
 
@@ -164,14 +152,14 @@ def test_build_exclusive_config_and_per_module(root: Path) -> None:
         "DEST_MODULE_LOCATION=(/extra /extra /extra)\n"
         "BUILD_EXCLUSIVE_CONFIG[1]='CONFIG_FOO !CONFIG_BAR'\nBUILD_EXCLUSIVE_ARCH[2]='^arm'\n",
     )
-    conf = read_conf(conf_path, "foo", "1", "6.1", "x86_64", ctx(root), Captured())
+    conf = read_conf(conf_path, "foo", "1", "6.1", "x86_64", conf_context(root), Captured())
     assert [m.excluded for m in conf.modules] == [False, True, True]
     assert not conf.build_exclude
 
 
 def test_missing_conf(root: Path) -> None:
     with pytest.raises(ConfMissingError):
-        read_conf(root / "nope", "foo", "1", "K", "x86_64", ctx(root), Captured())
+        read_conf(root / "nope", "foo", "1", "K", "x86_64", conf_context(root), Captured())
 
 
 def test_dest_override_per_distro() -> None:
@@ -192,7 +180,9 @@ def test_clang_kernel_adds_llvm_and_follows_its_files(root: Path) -> None:
     config = build / ".config"
 
     def make() -> str:
-        return read_conf(conf_path, "foo", "1", "K", "x86_64", ctx(root), Captured()).make_command
+        return read_conf(
+            conf_path, "foo", "1", "K", "x86_64", conf_context(root), Captured()
+        ).make_command
 
     assert make() == "make all"  # no config, no vmlinux
     config.write_text("CONFIG_MODULES=y\nCONFIG_CC_IS_GCC=y\n")

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from dkmshooks import run, shellconf
-from dkmshooks.dkmsconf import ConfContext, read_conf
+from dkmshooks.dkmsconf import read_conf
 
-from .helpers import Captured
+from .helpers import Captured, conf_context
 
 VARS = ["PACKAGE_NAME", "PACKAGE_VERSION", "MAKE", "CLEAN", "parallel_jobs", "tmp_location"]
 SCOPE = {
@@ -342,20 +342,8 @@ def test_archive_dkms_conf_needs_no_bash(tmp_path: Path) -> None:
         ' M=$dkms_tree/$PACKAGE_NAME/$PACKAGE_VERSION/build"\n'
         'AUTOINSTALL="yes"\n'
     )
-    ctx = ConfContext(
-        etc_dkms=tmp_path / "etc/dkms",
-        distro="debian",
-        addon_modules_dir="",
-        dkms_tree=tmp_path / "var/lib/dkms",
-        source_tree=tmp_path / "usr/src",
-        install_tree=tmp_path / "lib/modules",
-        tmp_location=Path("/tmp"),
-        parallel_jobs="1",
-        kernel_source_dir=tmp_path / "lib/modules/K/build",
-        kernel_config=tmp_path / "lib/modules/K/build/.config",
-        # no bash on this PATH: read_conf can only succeed without it
-        environ={"PATH": os.fspath(tmp_path / "empty")},
-    )
+    # no bash on this PATH: read_conf can only succeed without it
+    ctx = conf_context(tmp_path, environ={"PATH": os.fspath(tmp_path / "empty")})
     with pytest.raises(FileNotFoundError):
         run.run_bash_bytes("true", env=ctx.environ)
     got = read_conf(conf, "foo", "1.0", "K", "x86_64", ctx, Captured(), strict=True)
