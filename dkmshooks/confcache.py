@@ -10,8 +10,10 @@ value dkms puts in scope (kernel, arch, trees, distro, jobs, ...). The caller's 
 part of the key; see docs/decisions.md. Builds and installs never use the cache: they evaluate
 the conf themselves (read_conf strict).
 
-One JSON file per module/version under /var/lib/dkmshooks/confcache, with a schema version, and
-a second one (`…@status.json`) for what `dkms status` derived from the confs: its per-line extras
+One JSON file per module/version under /var/lib/dkmshooks/confcache, with a schema version; a
+second one (`…@values.json`) for values shared by every kernel (shared_key, get_values: a conf
+that uses the kernel only in words, evaluated once with placeholders, see dkmsconf.shared_values),
+and a third (`…@status.json`) for what `dkms status` derived from the confs: its per-line extras
 and file comparisons, each with the stamps of the files it was computed from. Both are written
 to a temporary file and renamed (no fsync: a lost or torn file is a cache miss).
 """
@@ -72,6 +74,18 @@ def _context(kver: str, arch: str, ctx: ConfContext) -> str:
     return "\0".join(
         [
             kver,
+            os.fspath(ctx.kernel_source_dir),
+            os.fspath(ctx.kernel_config),
+            _shared_context(arch, ctx),
+        ]
+    )
+
+
+def _shared_context(arch: str, ctx: ConfContext) -> str:
+    """_context without the kernel: what decides evaluate_conf's values for every kernel, when
+    they were computed without looking at the kernel (dkmsconf.kernel_independent)."""
+    return "\0".join(
+        [
             arch,
             os.fspath(ctx.etc_dkms),
             ctx.distro,
@@ -81,8 +95,6 @@ def _context(kver: str, arch: str, ctx: ConfContext) -> str:
             os.fspath(ctx.install_tree),
             os.fspath(ctx.tmp_location),
             ctx.parallel_jobs,
-            os.fspath(ctx.kernel_source_dir),
-            os.fspath(ctx.kernel_config),
             "v" if ctx.verbose else "",
             "f" if ctx.force else "",
         ]
@@ -113,28 +125,36 @@ def _encode(conf: DkmsConf) -> list[Any]:
         elif name == "modules":
             value = [[getattr(m, f) for f in _MODULE_FIELDS] for m in value]
         elif name == "values":
-            value = [
-                [[n, [[i, v] for i, v in sorted(idx.items())]] for n, idx in value.arrays.items()],
-                [list(d) for d in value.deprecations],
-            ]
+            value = _encode_values(value)
         elif isinstance(value, tuple):
             value = list(value)
         out.append(value)
     return out
 
 
+def _encode_values(values: shellconf.ShellValues) -> list[Any]:
+    return [
+        [[n, [[i, v] for i, v in sorted(idx.items())]] for n, idx in values.arrays.items()],
+        [list(d) for d in values.deprecations],
+    ]
+
+
+def _decode_values(data: list[Any]) -> shellconf.ShellValues:
+    arrays, deprecations = data
+    return shellconf.ShellValues(
+        arrays={n: {int(i): str(v) for i, v in pairs} for n, pairs in arrays},
+        deprecations=tuple(tuple(d) for d in deprecations),
+    )
+
+
 def _decode(data: list[Any]) -> DkmsConf:
     args = dict(zip(_CONF_FIELDS, data))
-    arrays, deprecations = args["values"]
     args.update(
         path=Path(args["path"]),
         modules=tuple(ModuleEntry(*m) for m in args["modules"]),
         patches=tuple(args["patches"]),
         build_depends=tuple(args["build_depends"]),
-        values=shellconf.ShellValues(
-            arrays={n: {i: v for i, v in pairs} for n, pairs in arrays},
-            deprecations=tuple(tuple(d) for d in deprecations),
-        ),
+        values=_decode_values(args["values"]),
     )
     return DkmsConf(**args)
 
@@ -222,6 +242,20 @@ class ConfCache:
         result: frozenset[str] = self._memo_get(directory, _names)
         return result
 
+    def _kernel_part(self, kver: str, arch: str, ctx: ConfContext) -> tuple[Any, ...]:
+        """(when, ctx, context, kernel file stamps, /etc/dkms, its names, shared context)"""
+        now = time.monotonic()
+        part = self._kernel_parts.get((kver, arch, id(ctx)))
+        if part is None or part[1] is not ctx or now - part[0] >= MEMO_SECONDS:
+            etc = os.fspath(ctx.etc_dkms)
+            src = os.fspath(ctx.kernel_source_dir)
+            kernel_files = (os.fspath(ctx.kernel_config), f"{src}/.config", f"{src}/vmlinux")
+            tail = _context(kver, arch, ctx)
+            kernel = [self.memo_stamp(path) for path in kernel_files]
+            part = (now, ctx, tail, kernel, etc, self.memo_names(etc), _shared_context(arch, ctx))
+            self._kernel_parts[(kver, arch, id(ctx))] = part
+        return part
+
     def key(
         self,
         conf_path: str | os.PathLike[str],
@@ -235,22 +269,34 @@ class ConfCache:
         is stored under and what it must match (see the module docstring). The kernel's part
         (the context, its config files, the /etc/dkms listing) is worked out once per kernel and
         reused for MEMO_SECONDS: `dkms status` asks once per line (10,000 on a big tree)."""
-        now = time.monotonic()
-        part = self._kernel_parts.get((kver, arch, id(ctx)))
-        if part is None or part[1] is not ctx or now - part[0] >= MEMO_SECONDS:
-            etc = os.fspath(ctx.etc_dkms)
-            src = os.fspath(ctx.kernel_source_dir)
-            kernel_files = (os.fspath(ctx.kernel_config), f"{src}/.config", f"{src}/vmlinux")
-            tail = _context(kver, arch, ctx)
-            kernel = [self.memo_stamp(path) for path in kernel_files]
-            part = (now, ctx, tail, kernel, etc, self.memo_names(etc))
-            self._kernel_parts[(kver, arch, id(ctx))] = part
-        _, _, tail, kernel, etc, present = part
+        _, _, tail, kernel, etc, present, _ = self._kernel_part(kver, arch, ctx)
         conf = os.fspath(conf_path)
         stamps = [self.memo_stamp(conf)]
         for name in override_names(module, version, kver, arch):
             stamps.append(stamp(os.path.join(etc, name)) if name in present else [])
         return f"{conf}\0{tail}", self.digest(stamps + kernel)
+
+    def shared_key(
+        self,
+        conf_path: str | os.PathLike[str],
+        module: str,
+        version: str,
+        kver: str,
+        arch: str,
+        ctx: ConfContext,
+    ) -> tuple[str, str] | None:
+        """key() for the values evaluate_conf computes for every kernel alike (see get_values):
+        without the kernel, its config files and its own /etc/dkms overrides; None when kernel
+        `kver` has an override file of its own in /etc/dkms (its values are its own)."""
+        _, _, _, _, etc, present, shared = self._kernel_part(kver, arch, ctx)
+        names = override_names(module, version, kver, arch)
+        if any(name in present for name in names[2:]):
+            return None
+        conf = os.fspath(conf_path)
+        stamps = [self.memo_stamp(conf)]
+        for name in names[:2]:
+            stamps.append(stamp(os.path.join(etc, name)) if name in present else [])
+        return f"{conf}\0{shared}", self.digest(stamps)
 
     @staticmethod
     def digest(stamps: list[Stamp]) -> str:
@@ -322,6 +368,32 @@ class ConfCache:
             while len(extras) > MAX_ENTRIES:
                 extras.pop(next(iter(extras)))
             self._dirty.add((module, version, "status"))
+
+    def get_values(
+        self, module: str, version: str, key: str, digest: str
+    ) -> shellconf.ShellValues | None:
+        """Values put_values stored under shared_key(): one entry serves every kernel, so the
+        first plan or status for a new kernel evaluates nothing (only dkmsconf.finish_conf)."""
+        with self._lock:
+            entry = self._load(module, version, "values")["entries"].get(key)
+        if not isinstance(entry, list) or len(entry) != 2 or entry[0] != digest:
+            return None
+        try:
+            return _decode_values(entry[1])
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def put_values(
+        self, module: str, version: str, key: str, digest: str, values: shellconf.ShellValues
+    ) -> None:
+        """Only for values dkmsconf.kernel_independent() says are the same for every kernel."""
+        with self._lock:
+            entries: dict[str, Any] = self._load(module, version, "values")["entries"]
+            entries.pop(key, None)
+            entries[key] = [digest, _encode_values(values)]
+            while len(entries) > MAX_ENTRIES:
+                entries.pop(next(iter(entries)))
+            self._dirty.add((module, version, "values"))
 
     def get(self, module: str, version: str, key: str, digest: str) -> DkmsConf | None:
         with self._lock:

@@ -217,6 +217,10 @@ def _has_exclusive(values: shellconf.ShellValues, index: int) -> bool:
     return any(values.get(name, 0) or values.get(name, index) for name in _EXCLUSIVE)
 
 
+#: what dkms puts in a conf's scope that differs from one kernel to the next (`arch` aside)
+KERNEL_SCOPE = frozenset({"kernelver", "kernel_source_dir", "kernel_config"})
+
+
 def read_conf(
     conf_path: Path,
     module: str,
@@ -231,6 +235,107 @@ def read_conf(
 ) -> DkmsConf:
     """Evaluate and validate; on failure print dkms's `dkms.conf: Error!` lines and raise
     BadConfError with dkms's `Bad conf file.` text (`shown_path` is what dkms names there)."""
+    values = evaluate_conf(conf_path, module, version, kver, arch, ctx, strict=strict)
+    return finish_conf(
+        values,
+        conf_path,
+        module,
+        version,
+        kver,
+        arch,
+        ctx,
+        console,
+        strict=strict,
+        shown_path=shown_path,
+    )
+
+
+# Values shared by every kernel (confcache's shared entries): most confs use the kernel only in
+# words like `MAKE="make -C $kernel_source_dir …"`. Evaluated with a placeholder for each of
+# KERNEL_SCOPE, they become any kernel's values by substitution, which is exact when the
+# kernel's values, like the placeholders, are non-empty inert words: the literal evaluator then
+# takes the same path for both (docs/decisions.md).
+_PLACEHOLDER = "@dkmshooks.{}@"
+_MARK = "@dkmshooks."
+_SUBSTITUTABLE = re.compile(r"[A-Za-z0-9_./:,+%=-]+")
+
+
+def _kernel_scope(kver: str, ctx: ConfContext) -> dict[str, str]:
+    return {
+        "kernelver": kver,
+        "kernel_source_dir": os.fspath(ctx.kernel_source_dir),
+        "kernel_config": os.fspath(ctx.kernel_config),
+    }
+
+
+def values_for_kernel(
+    shared: shellconf.ShellValues, kver: str, ctx: ConfContext
+) -> shellconf.ShellValues | None:
+    """Shared values (shared_values) made this kernel's; None when the kernel's scope values are
+    not words the substitution is exact for."""
+    scope = _kernel_scope(kver, ctx)
+    if not all(_SUBSTITUTABLE.fullmatch(value) for value in scope.values()):
+        return None
+    marks = [(_PLACEHOLDER.format(name), value) for name, value in scope.items()]
+
+    def fill(text: str) -> str:
+        if _MARK in text:
+            for mark, value in marks:
+                text = text.replace(mark, value)
+        return text
+
+    return shellconf.ShellValues(
+        arrays={n: {i: fill(v) for i, v in idx.items()} for n, idx in shared.arrays.items()},
+        deprecations=tuple((f, n, fill(v)) for f, n, v in shared.deprecations),
+    )
+
+
+def shared_values(
+    values: shellconf.ShellValues,
+    consulted: set[str],
+    conf_path: Path,
+    module: str,
+    version: str,
+    kver: str,
+    arch: str,
+    ctx: ConfContext,
+) -> shellconf.ShellValues | None:
+    """What every kernel's values can be made from (values_for_kernel), given this kernel's
+    `values` and the names of its scope they were `consulted` from (evaluate_conf); None when
+    there is no such thing: bash computed them, or the substitution would not give back exactly
+    `values`. The caller makes sure no /etc/dkms override of this kernel's own was read."""
+    if shellconf.ANY in consulted:
+        return None
+    if not consulted & KERNEL_SCOPE:
+        # as they are, unless a value holds a placeholder's text, which the substitution
+        # would replace
+        texts = [v for idx in values.arrays.values() for v in idx.values()]
+        texts += [d[2] for d in values.deprecations]
+        return None if any(_MARK in text for text in texts) else values
+    used: set[str] = set()
+    generic = evaluate_conf(
+        conf_path, module, version, kver, arch, ctx, consulted=used, placeholders=True
+    )
+    if shellconf.ANY in used or values_for_kernel(generic, kver, ctx) != values:
+        return None
+    return generic
+
+
+def evaluate_conf(
+    conf_path: Path,
+    module: str,
+    version: str,
+    kver: str,
+    arch: str,
+    ctx: ConfContext,
+    *,
+    strict: bool = False,
+    consulted: set[str] | None = None,
+    placeholders: bool = False,
+) -> shellconf.ShellValues:
+    """The first half of read_conf: the conf and its /etc/dkms overrides sourced as dkms sources
+    them. `consulted`: see shellconf.evaluate. `placeholders`: the kernel's scope values
+    (KERNEL_SCOPE) are placeholders (see shared_values)."""
     if not os.access(conf_path, os.R_OK):
         raise ConfMissingError(
             "Could not locate dkms.conf file.", f"File: {conf_path} does not exist."
@@ -251,14 +356,34 @@ def read_conf(
         "verbose": "true" if ctx.verbose else "",
         "force": "true" if ctx.force else "",
     }
+    if placeholders:
+        scope.update((name, _PLACEHOLDER.format(name)) for name in KERNEL_SCOPE)
     files = [conf_path, *override_files(ctx.etc_dkms, module, version, kver, arch)]
-    values = shellconf.evaluate(
+    return shellconf.evaluate(
         files,
         CONF_VARIABLES,
         scope=scope,
         deprecated=DEPRECATED if strict else (),
         base_env=ctx.environ,
+        consulted=consulted,
     )
+
+
+def finish_conf(
+    values: shellconf.ShellValues,
+    conf_path: Path,
+    module: str,
+    version: str,
+    kver: str,
+    arch: str,
+    ctx: ConfContext,
+    console: Console,
+    *,
+    strict: bool = False,
+    shown_path: str | None = None,
+) -> DkmsConf:
+    """The second half of read_conf: --directive, validation, and what depends on the kernel
+    (MAKE_MATCH, PATCH_MATCH, BUILD_EXCLUSIVE, LLVM=1)."""
     arrays = {name: dict(idx) for name, idx in values.arrays.items()}
     for name, value in ctx.directives:
         arrays.setdefault(name, {})[0] = value

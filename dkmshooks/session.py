@@ -13,7 +13,16 @@ from pathlib import Path
 
 from . import confcache, run
 from .console import Console
-from .dkmsconf import ConfContext, DkmsConf, read_conf, strict_checks
+from .dkmsconf import (
+    ConfContext,
+    DkmsConf,
+    evaluate_conf,
+    finish_conf,
+    read_conf,
+    shared_values,
+    strict_checks,
+    values_for_kernel,
+)
 from .errors import (
     BrokenModuleError,
     DkmsError,
@@ -205,16 +214,50 @@ class SessionBase:
     def _read_conf_cached(
         self, conf_path: Path, module: str, version: str, kver: str, arch: str, shown: str
     ) -> DkmsConf:
-        """read_conf for status and plan, through confcache (one lookup per status line)."""
+        """read_conf for status and plan, through confcache (one lookup per status line). A conf
+        whose values do not depend on the kernel is evaluated once for all kernels; the rest of
+        read_conf (finish_conf: validation, MAKE_MATCH, BUILD_EXCLUSIVE, ...) runs per kernel."""
         cache = confcache.for_layout(self.layout)
         ctx = self._cached_context(kver)
+        shared = cache.shared_key(conf_path, module, version, kver, arch, ctx)
+        if shared is not None:
+            generic = cache.get_values(module, version, *shared)
+            values = None if generic is None else values_for_kernel(generic, kver, ctx)
+            if values is not None:
+                return finish_conf(
+                    values,
+                    conf_path,
+                    module,
+                    version,
+                    kver,
+                    arch,
+                    ctx,
+                    self.console,
+                    shown_path=shown,
+                )
         ckey, digest = cache.key(conf_path, module, version, kver, arch, ctx)
         conf = cache.get(module, version, ckey, digest)
         if conf is None:
-            conf = read_conf(
-                conf_path, module, version, kver, arch, ctx, self.console, shown_path=shown
+            consulted: set[str] = set()
+            values = evaluate_conf(conf_path, module, version, kver, arch, ctx, consulted=consulted)
+            conf = finish_conf(
+                values, conf_path, module, version, kver, arch, ctx, self.console, shown_path=shown
             )
-            cache.put(module, version, ckey, digest, conf)
+            # an override of this kernel's own that appeared since shared_key() looked may have
+            # been sourced: its values are then this kernel's alone
+            etc = os.fspath(ctx.etc_dkms)
+            own = confcache.override_names(module, version, kver, arch)[2:]
+            generic = None
+            if shared is not None and not any(
+                os.path.lexists(os.path.join(etc, name)) for name in own
+            ):
+                generic = shared_values(
+                    values, consulted, conf_path, module, version, kver, arch, ctx
+                )
+            if generic is not None and shared is not None:
+                cache.put_values(module, version, *shared, generic)
+            else:
+                cache.put(module, version, ckey, digest, conf)
         return conf
 
     # -- output helpers ------------------------------------------------------------------------

@@ -71,6 +71,10 @@ class ShellValues:
         return bool(self.arrays.get(name))
 
 
+#: in `evaluate`'s `consulted`: bash computed the values, which may depend on anything in scope
+ANY = "*"
+
+
 class ShellEvalError(Exception):
     pass
 
@@ -87,12 +91,22 @@ def evaluate(
     deprecated: Sequence[str] = (),
     base_env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    consulted: set[str] | None = None,
 ) -> ShellValues:
-    """Source `files` in order (missing ones skipped) with `scope` visible as variables."""
+    """Source `files` in order (missing ones skipped) with `scope` visible as variables.
+    `consulted` gets the names of `scope` the result was computed from, or ANY when bash
+    computed it (a script may look at anything)."""
     env = dict(base_env if base_env is not None else os.environ)
-    literal = evaluate_literal(files, variables, scope=scope, deprecated=deprecated, env=env)
+    used: set[str] = set()
+    literal = evaluate_literal(
+        files, variables, scope=scope, deprecated=deprecated, env=env, consulted=used
+    )
     if literal is not None:
+        if consulted is not None:
+            consulted |= used
         return literal
+    if consulted is not None:
+        consulted.add(ANY)
     for name in variables:
         env.pop(name, None)
     env.update(scope)
@@ -214,8 +228,10 @@ def _source_literal(
     whitelist: frozenset[str],
     arrays: dict[str, dict[int, str]],
     scope: Mapping[str, str],
+    consulted: set[str],
 ) -> dict[str, dict[int, str]] | None:
-    """The whitelisted arrays after `path` is sourced and its variables echoed and re-read."""
+    """The whitelisted arrays after `path` is sourced and its variables echoed and re-read;
+    the names of `scope` it referred to are added to `consulted`."""
     assignments = _literal_assignments(path)
     if assignments is None:
         return None
@@ -230,6 +246,7 @@ def _source_literal(
         if name in helpers:
             return helpers[name]
         if name in scope and _LOWER_NAME.fullmatch(name):
+            consulted.add(name)
             return scope[name]
         return None  # may come from the caller's environment, or be one of bash's own
 
@@ -256,8 +273,11 @@ def evaluate_literal(
     scope: Mapping[str, str],
     deprecated: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    consulted: set[str] | None = None,
 ) -> ShellValues | None:
-    """What `evaluate` returns, computed without bash, or None when bash is needed."""
+    """What `evaluate` returns, computed without bash, or None when bash is needed. The names
+    of `scope` that the values were computed from are added to `consulted`."""
+    used: set[str] = set() if consulted is None else consulted
     whitelist = frozenset(variables)
     for key in (*(env or ()), *scope):
         if key.startswith(("DKMS_DIRECTIVE", "BASH_FUNC_")) or key in _BASH_STARTUP:
@@ -267,6 +287,7 @@ def evaluate_literal(
     arrays: dict[str, dict[int, str]] = {
         name: {0: scope[name]} for name in variables if name in scope
     }
+    used.update(arrays)
     deps: list[tuple[str, str, str]] = []
     seen_file = False
     for f in files:
@@ -279,7 +300,7 @@ def evaluate_literal(
             for idx in arrays.values():
                 if not _INERT_VALUE.fullmatch(idx[0]) or _BLANKS.sub(" ", idx[0]) != idx[0]:
                     return None
-        after = _source_literal(path, whitelist, arrays, scope)
+        after = _source_literal(path, whitelist, arrays, scope, used)
         if after is None:
             return None
         arrays = after

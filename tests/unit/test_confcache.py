@@ -305,3 +305,116 @@ def test_status_extras_follow_the_conf(tree: Path, make_session: Make) -> None:
     )
     assert status_line(make_session) == missing
     assert evaluations(tree) == 2
+
+
+# -- values shared by every kernel --------------------------------------------------------------
+
+K2 = "6.1.0-2-amd64"
+
+
+@pytest.fixture
+def literal_tree(tree: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[str]]:
+    """`tree` with the common archive shape of dkms.conf, which needs no bash and uses the
+    kernel only in MAKE; and the kernels each evaluation of it was for."""
+    from dkmshooks import session as session_module
+
+    (tree / "usr/src/m-1.0/dkms.conf").write_text(
+        'PACKAGE_NAME="m"\nPACKAGE_VERSION="1.0"\nBUILT_MODULE_NAME[0]="m"\n'
+        'DEST_MODULE_LOCATION[0]="/updates"\nAUTOINSTALL="yes"\n'
+        'MAKE[0]="make -C $kernel_source_dir M=$dkms_tree/m/1.0/build KVER=$kernelver"\n'
+    )
+    (tree / f"lib/modules/{K2}/build/include").mkdir(parents=True)
+    (tree / f"lib/modules/{K2}/build/.config").write_text("CONFIG_MODULES=y\n")
+    seen: list[str] = []
+    real = session_module.evaluate_conf
+
+    def counting(*args: object, **kw: object):  # type: ignore[no-untyped-def]
+        seen.append(str(args[3]))
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(session_module, "evaluate_conf", counting)
+    return tree, seen
+
+
+def conf_for(make_session: Make, kver: str):  # type: ignore[no-untyped-def]
+    session, _ = make_session()
+    cache = confcache.for_layout(session.layout)
+    cache.reload()
+    conf = session.read_conf("m", "1.0", kver, ARCH, persistent=True)
+    cache.reload()
+    return conf
+
+
+def uncached(make_session: Make, kver: str):  # type: ignore[no-untyped-def]
+    session, _ = make_session()
+    return session.read_conf("m", "1.0", kver, ARCH)
+
+
+def test_a_new_kernel_is_answered_from_the_shared_values(
+    literal_tree: tuple[Path, list[str]], make_session: Make
+) -> None:
+    root, seen = literal_tree
+    first = conf_for(make_session, K)
+    assert seen == [K]
+    files = sorted(p.name for p in (root / "var/lib/dkmshooks/confcache").iterdir())
+    assert files == ["m@1.0@values.json"]  # no entry of its own for K
+    second = conf_for(make_session, K2)
+    assert seen == [K]  # K2's conf came from K's evaluation
+    for kver, conf in ((K, first), (K2, second)):
+        assert conf == uncached(make_session, kver)
+        assert conf.values == uncached(make_session, kver).values
+    assert second.make_command == (
+        f"make -C {root}/lib/modules/{K2}/build M={root}/var/lib/dkms/m/1.0/build KVER={K2}"
+    )
+    # and the shared entry follows the conf like any other
+    _append(root / "usr/src/m-1.0/dkms.conf", 'AUTOINSTALL="no"\n')
+    assert not conf_for(make_session, K2).autoinstall
+    assert seen == [K, K2]
+
+
+def test_a_kernel_with_its_own_override_is_evaluated_for_itself(
+    literal_tree: tuple[Path, list[str]], make_session: Make
+) -> None:
+    root, seen = literal_tree
+    assert conf_for(make_session, K).autoinstall
+    (root / f"etc/dkms/m-1.0-{K2}.conf").write_text('AUTOINSTALL="no"\n')
+    assert not conf_for(make_session, K2).autoinstall
+    assert not conf_for(make_session, K2).autoinstall  # its own entry, cached
+    assert conf_for(make_session, K).autoinstall  # the shared one still serves K
+    assert seen == [K, K2]
+    # an override for every kernel changes the shared entry's stamps
+    (root / "etc/dkms/m.conf").write_text('MAKE[0]="make other"\n')
+    assert conf_for(make_session, K).make_command == "make other"
+    assert conf_for(make_session, K2).make_command == "make other"
+    assert seen == [K, K2, K, K2]
+
+
+def test_a_kernel_whose_names_cannot_be_substituted_is_evaluated_for_itself(
+    literal_tree: tuple[Path, list[str]], make_session: Make
+) -> None:
+    root, seen = literal_tree
+    odd = "6.8.0-rc1~test"  # `~` is not an inert word: bash must evaluate it
+    (root / f"lib/modules/{odd}/build/include").mkdir(parents=True)
+    conf_for(make_session, K)
+    conf = conf_for(make_session, odd)
+    assert seen == [K, odd]
+    assert conf == uncached(make_session, odd)
+    assert conf.make_command.endswith(f"KVER={odd}")
+
+
+def test_a_read_only_plan_uses_shared_values_it_did_not_write(
+    literal_tree: tuple[Path, list[str]], make_session: Make
+) -> None:
+    root, seen = literal_tree
+    conf_for(make_session, K)
+    session, _ = make_session()
+    cache = confcache.for_layout(session.layout)
+    cache.reload()
+    cache.read_only = True
+    try:
+        before = {p: p.stat().st_mtime_ns for p in (root / "var/lib/dkmshooks/confcache").iterdir()}
+        conf_for(make_session, K2)
+        after = {p: p.stat().st_mtime_ns for p in (root / "var/lib/dkmshooks/confcache").iterdir()}
+    finally:
+        cache.read_only = False
+    assert seen == [K] and before == after
