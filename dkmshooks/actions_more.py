@@ -15,7 +15,7 @@ from .sign import prepare_mok
 from .trigger import new_transaction_id
 
 if TYPE_CHECKING:
-    from .cli import Args
+    from .dkmscli import Args
     from .status import Session
 
 
@@ -44,7 +44,7 @@ def dispatch(session: Session, action: str, args: Args, pairs: Sequence[tuple[st
         )
         return 0 if ok else 1
     if action in ("autoinstall", "kernel_postinst"):
-        from .cli import _have_one_kernel, _post_transaction
+        from .dkmscli import _have_one_kernel, _post_transaction
 
         _have_one_kernel(args, action, len(pairs))
         require_root()
@@ -70,7 +70,7 @@ def dispatch(session: Session, action: str, args: Args, pairs: Sequence[tuple[st
             log.flush(session.console)
     if action == "match":
         require_root()
-        from .cli import _have_one_kernel
+        from .dkmscli import _have_one_kernel
 
         _have_one_kernel(args, "match", len(pairs))
         return run_match(session, args, pairs[0])
@@ -119,7 +119,7 @@ def run_match(session: Session, args: Args, pair: tuple[str, str]) -> int:
             session.maybe_install(entry.module, entry.version, kver, arch)
             rc = 0
         except DkmsError as exc:
-            from .cli import print_error
+            from .dkmscli import print_error
 
             print_error(console, exc)
             rc = exc.code

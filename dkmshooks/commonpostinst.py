@@ -47,7 +47,7 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
             quiet = fork(session, BufferConsole())
             quiet.add_module(name, version, os.uname().release, arch or os.uname().machine)
     except DkmsError as exc:
-        from .cli import print_error
+        from .dkmscli import print_error
 
         print_error(console, exc)
         if tarball is not None and tarball.is_file():
@@ -74,7 +74,7 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
             layout.source_link(name, version) / "dkms.conf",
         )
     except DkmsError as exc:
-        from .cli import print_error
+        from .dkmscli import print_error
 
         print_error(console, exc)
         return 1

@@ -248,7 +248,7 @@ def run_tasks(
             work(sub, task.candidate)
             task.rc = 0
         except DkmsError as exc:
-            from .cli import print_error
+            from .dkmscli import print_error
 
             print_error(sub.console, exc)
             task.rc = exc.code
@@ -333,7 +333,7 @@ def dkms_autoinstall(session: Session, kver: str, arch: str, *, log: LogSink | N
         captured = getattr(exc, "captured", "")
         if captured:
             console.write_err(captured)
-        from .cli import print_error
+        from .dkmscli import print_error
 
         print_error(console, exc)
         failed.append(f"{module}({exc.code})")
@@ -550,7 +550,7 @@ def dkms_kernel_remove(
                     duration=time.monotonic() - start,
                 )
         except DkmsError as exc:
-            from .cli import print_error
+            from .dkmscli import print_error
 
             print_error(console, exc)
             failed.append(f"{module}/{version}({exc.code})")

@@ -43,6 +43,9 @@ class HookRun:
     attempted: set[tuple[str, str]] = field(default_factory=set)
     #: the kernel being handled waited for its headers: its initramfs was made without us
     was_pending_no_headers: bool = False
+    #: kernels found to need nothing at all (nothing to build, install, report or repair),
+    #: with the readiness that was marked in the transaction
+    idle: dict[str, dict[str, bool]] = field(default_factory=dict)
 
     @property
     def layout(self):  # type: ignore[no-untyped-def]
@@ -63,12 +66,47 @@ def headers_package(trigger: Trigger, kver: str, distro: str) -> str:
 
 
 def run_trigger(trigger: Trigger, environ: Mapping[str, str]) -> int:
+    kver = verdict_kernel(trigger, environ)
+    if kver is None:
+        return _run_trigger(trigger, environ)[0]
+    # a hook call fasthook can answer next time, if this run does nothing (verdict.py)
+    from . import verdict
+    from .layout import Layout
+
+    state_dir = os.fspath(Layout(root=Path(environ.get("DKMSHOOKS_ROOT") or "/")).state_dir)
+    recorder = verdict.Recorder(verdict.excluded_paths(state_dir))
+    with recorder:
+        rc, run = _run_trigger(trigger, environ)
+    found = None
+    if rc == 0 and run is not None and not run.failures and not run.log.records:
+        readiness = run.idle.get(kver)
+        if readiness is not None and list(run.idle) == [kver]:
+            found = recorder.verdict(kver, readiness["headers"], readiness["image"], environ)
+    if found is not None:
+        verdict.save(state_dir, found)
+    else:
+        verdict.forget(state_dir, kver)
+    return rc
+
+
+def verdict_kernel(trigger: Trigger, environ: Mapping[str, str]) -> str | None:
+    """The kernel of a trigger whose "nothing to do" fasthook can answer: one apt hook call for
+    a kernel's image or headers being configured (not under fault injection)."""
+    if trigger.source != "apt" or trigger.modules or len(trigger.kernels) != 1:
+        return None
+    if environ.get("DKMSHOOKS_FAULT"):
+        return None
+    event = trigger.kernels[0]
+    return event.kver if event.event in ("image-added", "headers-added") else None
+
+
+def _run_trigger(trigger: Trigger, environ: Mapping[str, str]) -> tuple[int, HookRun | None]:
     try:
         session = hook_session(environ)
     except DkmsError as exc:
         # a hook must not fail the package transaction over our own setup problem
         note(f"{' '.join(exc.lines)}; nothing was rebuilt")
-        return 0
+        return 0, None
     layout = session.layout
     try:
         config = load_config(layout)
@@ -110,8 +148,8 @@ def run_trigger(trigger: Trigger, environ: Mapping[str, str]) -> int:
             "The kernel packages were left configured; see `dkmshooks log --failed`."
         )
         if any(run.config.is_strict_for(f.split("/", 1)[0]) for f in run.failures):
-            return 1
-    return 0
+            return 1, run
+    return 0, run
 
 
 def installed_kernels(session: Session) -> list[str]:
@@ -157,6 +195,8 @@ def add_kernel(run: HookRun, kver: str, *, only: Sequence[str] = ()) -> None:
         if not only:
             state.mark_transaction(layout, trigger.transaction, kver, readiness)
             state.clear_pending(layout, kver)
+            if not plan.broken and not plan.bad_conf and not plan.candidates:
+                run.idle[kver] = readiness
         return
     hint = headers_package(trigger, kver, session.settings.distro)
     pending = state.read_pending(layout, kver)

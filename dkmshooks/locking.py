@@ -54,6 +54,18 @@ class TreeLock:
         except OSError:
             return ""
 
+    def try_acquire(self) -> bool:
+        """acquire() if nobody holds the lock; False (and no message) if somebody does."""
+        timeout, say = self.timeout, self.say
+        self.timeout, self.say = 0.0, None
+        try:
+            self.acquire()
+        except LockTimeout:
+            return False
+        finally:
+            self.timeout, self.say = timeout, say
+        return True
+
     def acquire(self) -> None:
         if self.depth:
             self.depth += 1

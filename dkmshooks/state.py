@@ -4,12 +4,18 @@ each with a schema version."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
-from typing import Any
 
 from . import fsutil
-from .layout import Layout
+
+# fasthook marks transactions through this module before anything heavy is imported
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .layout import Layout
 
 SCHEMA = 1
 
@@ -34,7 +40,11 @@ def _safe(name: str) -> str:
 
 
 def pending_path(layout: Layout, kver: str) -> Path:
-    return layout.state_dir / "pending" / f"{_safe(kver)}.json"
+    return pending_file(layout.state_dir, kver)
+
+
+def pending_file(state_dir: str | os.PathLike[str], kver: str) -> Path:
+    return Path(state_dir, "pending", f"{_safe(kver)}.json")
 
 
 def record_pending(layout: Layout, kver: str, reason: str, modules: list[str], hint: str) -> None:
@@ -67,15 +77,30 @@ def all_pending(layout: Layout) -> list[dict[str, Any]]:
 
 
 def clear_pending(layout: Layout, kver: str) -> None:
-    pending_path(layout, kver).unlink(missing_ok=True)
+    clear_pending_at(layout.state_dir, kver)
+
+
+def clear_pending_at(state_dir: str | os.PathLike[str], kver: str) -> None:
+    pending_file(state_dir, kver).unlink(missing_ok=True)
 
 
 def transaction_path(layout: Layout, transaction: str) -> Path:
-    return layout.state_dir / "transactions" / f"{_safe(transaction)}.json"
+    return transaction_file(layout.state_dir, transaction)
+
+
+def transaction_file(state_dir: str | os.PathLike[str], transaction: str) -> Path:
+    return Path(state_dir, "transactions", f"{_safe(transaction)}.json")
 
 
 def transaction_done(layout: Layout, transaction: str, kver: str) -> dict[str, Any] | None:
-    data = _read(transaction_path(layout, transaction))
+    return transaction_done_at(layout.state_dir, transaction, kver)
+
+
+def transaction_done_at(
+    state_dir: str | os.PathLike[str], transaction: str, kver: str
+) -> dict[str, Any] | None:
+    """What mark_transaction recorded for `kver` in this transaction, if anything."""
+    data = _read(transaction_file(state_dir, transaction))
     if data is None:
         return None
     entry = data.get("kernels", {}).get(kver)
@@ -83,7 +108,13 @@ def transaction_done(layout: Layout, transaction: str, kver: str) -> dict[str, A
 
 
 def mark_transaction(layout: Layout, transaction: str, kver: str, facts: dict[str, Any]) -> None:
-    path = transaction_path(layout, transaction)
+    mark_transaction_at(layout.state_dir, transaction, kver, facts)
+
+
+def mark_transaction_at(
+    state_dir: str | os.PathLike[str], transaction: str, kver: str, facts: dict[str, Any]
+) -> None:
+    path = transaction_file(state_dir, transaction)
     data = _read(path) or {"transaction": transaction, "kernels": {}}
     data.setdefault("kernels", {})[kver] = facts
     _write(path, data)

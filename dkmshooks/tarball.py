@@ -48,7 +48,7 @@ from .safetar import (
 from .session import _null_console, check_module_args, check_name, require_root
 
 if TYPE_CHECKING:
-    from .cli import Args
+    from .dkmscli import Args
     from .status import Session
 
 #: Where a binaries-only module's dkms.conf lives when no source tree exists on the system; the
@@ -427,7 +427,7 @@ def _install_rpm(session: Session, archive: Path, kver: str, arch: str) -> None:
             code=9,
         )
     from . import actions_more
-    from .cli import Args
+    from .dkmscli import Args
 
     rc = actions_more.dispatch(session, "autoinstall", Args(action="autoinstall"), [(kver, arch)])
     raise SilentExit(code=rc)

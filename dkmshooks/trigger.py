@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import time
 from dataclasses import dataclass, field
+
+from .apttxn import new_transaction_id
 
 SOURCES = ("apt", "dnf", "pacman", "kernel-install", "cli", "boot")
 KERNEL_EVENTS = (
@@ -55,8 +55,12 @@ class Trigger:
             raise ValueError(f"unknown trigger source {self.source!r}")
 
 
-def new_transaction_id() -> str:
-    """A fresh id when the package manager gives none: random first (shown shortened), then time."""
-    # os.urandom, not uuid4: `import uuid` (and the platform module it pulls in) costs more
-    # than the rest of a no-op hook's imports
-    return f"{os.urandom(4).hex()}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+__all__ = [
+    "KERNEL_EVENTS",
+    "MODULE_EVENTS",
+    "SOURCES",
+    "KernelEvent",
+    "ModuleEvent",
+    "Trigger",
+    "new_transaction_id",
+]

@@ -51,19 +51,28 @@ apt (`dpkg -i`), or when a killed apt left a stale record, the id is derived fro
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
 import sys
 import time
-import traceback
-import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
+from dkmshooks import apttxn
 from dkmshooks.adapters import is_strict
+from dkmshooks.apttxn import (
+    TRANSACTION_FILE,
+    TRANSACTION_SCHEMA,
+    TRANSACTION_VAR,
+    AptTransaction,
+    Process,
+    ancestors,
+    dpkg_transaction,
+    read_process,
+    read_transaction_file,
+    utc_stamp,
+)
 from dkmshooks.console import note
 from dkmshooks.errors import DkmsError, UsageError
 from dkmshooks.fsutil import write_atomic
@@ -73,10 +82,6 @@ from dkmshooks.trigger import KernelEvent, Trigger, new_transaction_id
 HOOK_KINDS = ("preinst", "postinst", "header_postinst", "prerm", "postrm")
 APT_KINDS = ("pre-invoke", "post-invoke")
 
-#: Overrides the transaction id of a hook call (scripts that drive dpkg themselves, tests).
-TRANSACTION_VAR = "DKMSHOOKS_TRANSACTION"
-TRANSACTION_FILE = "apt-transaction"
-TRANSACTION_SCHEMA = 1
 
 # APT runs its DPkg::*-Invoke commands through `/bin/sh -c`.
 _SHELLS = frozenset({"sh", "dash", "bash", "busybox"})
@@ -178,78 +183,12 @@ def initramfs_follows(layout: Layout, environ: Mapping[str, str]) -> bool:
 # -- transactions ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Process:
-    pid: int
-    ppid: int
-    comm: str
-    start: int  # clock ticks after boot (/proc/PID/stat field 22): with the pid, unique for a boot
-
-
-def read_process(pid: int, proc: Path = Path("/proc")) -> Process | None:
-    try:
-        stat = (proc / str(pid) / "stat").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    # comm is in parentheses and may itself contain spaces and parentheses.
-    head, _, tail = stat.rpartition(")")
-    _, _, comm = head.partition("(")
-    fields = tail.split()
-    try:
-        return Process(pid=pid, ppid=int(fields[1]), comm=comm, start=int(fields[19]))
-    except (IndexError, ValueError):
-        return None
-
-
-def ancestors(pid: int, proc: Path = Path("/proc")) -> list[Process]:
-    """pid's parent, its parent, … up to (not including) pid 0."""
-    chain: list[Process] = []
-    current = read_process(pid, proc)
-    seen = {pid}
-    while current is not None and current.ppid > 0 and current.ppid not in seen:
-        seen.add(current.ppid)
-        current = read_process(current.ppid, proc)
-        if current is not None:
-            chain.append(current)
-    return chain
-
-
-def _boot_time(proc: Path) -> float:
-    try:
-        for line in (proc / "stat").read_text(encoding="utf-8").splitlines():
-            if line.startswith("btime "):
-                return float(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0.0
-
-
-def _stamp(seconds: float) -> str:
-    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(seconds))
-
-
 def transaction_path(layout: Layout) -> Path:
     return layout.state_dir / TRANSACTION_FILE
 
 
-@dataclass(frozen=True)
-class AptTransaction:
-    id: str
-    pid: int
-    start: int
-
-    def is_process(self, process: Process) -> bool:
-        return self.pid == process.pid and self.start == process.start
-
-
 def read_transaction(layout: Layout) -> AptTransaction | None:
-    try:
-        data = json.loads(transaction_path(layout).read_text(encoding="utf-8"))
-        if data.get("schema") != TRANSACTION_SCHEMA:
-            return None
-        return AptTransaction(id=str(data["id"]), pid=int(data["pid"]), start=int(data["start"]))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
+    return read_transaction_file(transaction_path(layout))
 
 
 def find_apt_process(pid: int, proc: Path = Path("/proc")) -> Process | None:
@@ -276,8 +215,8 @@ def begin_transaction(
     if apt is None:
         return None
     # The same shape as trigger.new_transaction_id(): `dkmshooks log` shows the first 8 chars.
-    stamp = _stamp(time.time() if now is None else now)
-    record = AptTransaction(id=f"{uuid.uuid4().hex[:8]}-{stamp}", pid=apt.pid, start=apt.start)
+    stamp = utc_stamp(time.time() if now is None else now)
+    record = AptTransaction(id=f"{os.urandom(4).hex()}-{stamp}", pid=apt.pid, start=apt.start)
     data = {"schema": TRANSACTION_SCHEMA, "id": record.id, "pid": record.pid}
     data.update(start=record.start, comm=apt.comm)
     write_atomic(transaction_path(layout), json.dumps(data, sort_keys=True) + "\n")
@@ -309,26 +248,7 @@ def current_transaction(
     proc: Path = Path("/proc"),
 ) -> str:
     """The id shared by every hook call of this apt run (or dpkg run, without apt)."""
-    forced = environ.get(TRANSACTION_VAR)
-    if forced:
-        return forced
-    chain = ancestors(os.getpid() if pid is None else pid, proc)
-    record = read_transaction(layout)
-    if record is not None and any(record.is_process(p) for p in chain):
-        return record.id
-    for process in chain:
-        if process.comm == "dpkg":
-            return dpkg_transaction(process, proc)
-    return new_transaction_id()
-
-
-def dpkg_transaction(dpkg: Process, proc: Path = Path("/proc")) -> str:
-    """The id of a dpkg run without apt: what every hook call of it computes alike, in the shape
-    of trigger.new_transaction_id() (distinct first 8 chars, then when dpkg started)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    started = _boot_time(proc) + dpkg.start / ticks
-    digest = hashlib.sha256(f"dpkg {dpkg.pid} {dpkg.start} {started}".encode()).hexdigest()
-    return f"{digest[:8]}-{_stamp(started)}"
+    return apttxn.current_transaction(layout.state_dir, environ, pid=pid, proc=proc)
 
 
 # -- the `dkmshooks hook apt` command -------------------------------------------------------------
@@ -376,6 +296,8 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         if exc.hint:
             note(exc.hint)
     except Exception:
+        import traceback
+
         sys.stderr.write(traceback.format_exc())
         note(
             f"internal error in the {kind}.d hook for {args[0]}; this is a bug, please report it "

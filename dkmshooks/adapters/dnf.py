@@ -271,7 +271,8 @@ def find_manager_process(
 def manager_transaction(manager: ManagerProcess, proc: Path = Path("/proc")) -> str:
     """The id every dkmshooks call of one package-manager run computes alike, in the shape of
     trigger.new_transaction_id()'s neighbours in the log (distinct first 8 chars, then a time)."""
-    from .apt import _boot_time, _stamp
+    from dkmshooks.apttxn import boot_time as _boot_time
+    from dkmshooks.apttxn import utc_stamp as _stamp
 
     started = _boot_time(proc) + manager.start / os.sysconf("SC_CLK_TCK")
     digest = hashlib.sha256(f"rpm-manager {manager.pid} {manager.start}".encode()).hexdigest()

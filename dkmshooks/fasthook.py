@@ -1,0 +1,81 @@
+"""`dkmshooks hook apt postinst|header_postinst K` for a kernel that needs nothing, answered
+before the engine is imported.
+
+The engine saves a verdict when such a call found nothing to do for K (verdict.py). The next
+call for K, under the tree lock, checks that every path the engine read is unchanged and the
+environment is the same; then the engine would again do nothing, and this module does what it
+did besides reading: it marks K (and, for the image, K#image-added) in the apt transaction's
+state and clears K's pending record, or says that the transaction already handled K. Anything
+else, any doubt, any error: None, and the caller runs the engine as usual.
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import verdict
+
+TYPE_CHECKING = False  # typing is not imported: see the module docstring
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+_EVENTS = {"postinst": "image-added", "header_postinst": "headers-added"}
+
+
+def answer(argv: Sequence[str], environ: Mapping[str, str]) -> int | None:
+    """The exit code of the hook call `argv` (the `dkmshooks` command's arguments), or None
+    when the engine has to run."""
+    try:
+        return _answer(argv, environ)
+    except Exception:  # the engine runs instead, and reports whatever this was
+        return None
+
+
+def _answer(argv: Sequence[str], environ: Mapping[str, str]) -> int | None:
+    if len(argv) not in (4, 5) or argv[0] != "hook" or argv[1] != "apt":
+        return None
+    kind, kver = argv[2], argv[3]
+    event = _EVENTS.get(kind)
+    if event is None or not kver or "/" in kver or kver in (".", ".."):
+        return None
+    if environ.get("DKMSHOOKS_FAULT"):
+        return None
+    # adapters/apt.py: an empty DEB_MAINT_PARAMS or `configure …` configures the package; a
+    # value with quotes or escapes is left to its shlex parsing
+    params = environ.get("DEB_MAINT_PARAMS", "")
+    if any(c in params for c in "'\"\\"):
+        return None
+    words = params.split()
+    if words and words[0] != "configure":
+        return None
+    root = environ.get("DKMSHOOKS_ROOT") or "/"
+    state_dir = os.path.join(root, "var/lib/dkmshooks")
+    found = verdict.load(state_dir, kver)
+    if found is None:
+        return None
+    from pathlib import Path
+
+    from .locking import TreeLock
+
+    lock = TreeLock(Path(state_dir, "lock"))
+    if not lock.try_acquire():
+        return None  # another run holds the tree: the engine waits for it, and says so
+    try:
+        if not found.holds(kver, environ):
+            return None
+        from . import apttxn, state
+
+        transaction = apttxn.current_transaction(state_dir, environ)
+        if event == "image-added":
+            state.mark_transaction_at(state_dir, transaction, f"{kver}#image-added", {"seen": True})
+        readiness = {"headers": found.headers, "image": found.image}
+        if state.transaction_done_at(state_dir, transaction, kver) == readiness:
+            from .console import note
+
+            note(f"{kver}: already handled in this transaction")
+            return 0
+        state.mark_transaction_at(state_dir, transaction, kver, readiness)
+        state.clear_pending_at(state_dir, kver)
+        return 0
+    finally:
+        lock.release()
