@@ -254,6 +254,7 @@ def ensure_images(kernels: Sequence[str]) -> None:
         deb = sorted(debs.glob(f"{pkg}_*.deb"))[-1]
         stage = IMAGES.with_name("images.tmp")
         shutil.rmtree(stage, ignore_errors=True)
+        stage.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(["dpkg-deb", "-x", str(deb), str(stage)], check=True)
         # what the image's postinst does: depmod, so modules.dep exists as on an installed image
         subprocess.run(
@@ -286,12 +287,14 @@ def ensure_cache() -> None:
         log(f"downloading dkms and {len(names)} *-dkms packages into {debs}")
         subprocess.run(["apt-get", "download", "dkms", *names], cwd=debs, check=True)
     if not (DKMS_DEB_DIR / "usr/sbin/dkms").is_file():
+        DKMS_DEB_DIR.parent.mkdir(parents=True, exist_ok=True)
         deb = sorted(debs.glob("dkms_*.deb"))[-1]
         subprocess.run(["dpkg-deb", "-x", str(deb), str(DKMS_DEB_DIR)], check=True)
     for deb in sorted(debs.glob("*-dkms_*.deb")):
         pkg = deb.name.split("_", 1)[0]
         dest = CACHE / "x" / pkg
         if not dest.is_dir():
+            dest.parent.mkdir(parents=True, exist_ok=True)  # dpkg-deb -x makes only dest
             subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], check=True)
 
 
