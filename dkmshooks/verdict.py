@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
     from typing import Any
 
-MAGIC = "dkmshooks-verdict-2"
+MAGIC = "dkmshooks-verdict-3"
+_END = "end"
 #: a path changed this recently when it was stamped makes the verdict unsafe to keep
 RACY_NS = 2_000_000_000
 #: set per dpkg maintainer-script call; none of them changes what the engine decides
@@ -140,6 +141,8 @@ class Verdict:
         fields += [str(len(self.host)), *self.host, str(len(self.env)), *self.env]
         for kind, value, path in self.records:
             fields += [kind, value, path]
+        # a verdict cut short (a crash while it was written) must not pass with fewer stamps
+        fields += [_END, str(len(self.records))]
         return "\0".join(fields)
 
     @classmethod
@@ -156,8 +159,8 @@ class Verdict:
             count = int(fields[at])
             env = fields[at + 1 : at + 1 + count]
             at += 1 + count
-            rest = fields[at:]
-            if len(rest) % 3 or len(env) != count:
+            rest = fields[at:-2]
+            if fields[-2:] != [_END, str(len(rest) // 3)] or len(rest) % 3 or len(env) != count:
                 return None
             records = [(rest[i], rest[i + 1], rest[i + 2]) for i in range(0, len(rest), 3)]
         except (IndexError, ValueError):
@@ -208,10 +211,10 @@ class _Output:
     def __init__(self, stream: Any, recorder: Recorder) -> None:
         self._stream, self._recorder = stream, recorder
 
-    def write(self, text: str) -> int:
+    def write(self, text: str) -> Any:
         if text:
             self._recorder.doubt = self._recorder.doubt or "it printed something"
-        return int(self._stream.write(text))
+        return self._stream.write(text)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
@@ -262,6 +265,9 @@ class Recorder:
             self.doubt = f"{what} {path}"
 
     def listed(self, raw: object) -> None:
+        if isinstance(raw, int):
+            self.doubt = self.doubt or "a directory listed through a descriptor"
+            return
         path = self._path(raw)
         if path is None:
             return

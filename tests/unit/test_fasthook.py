@@ -234,10 +234,20 @@ def test_a_held_lock_sends_the_call_to_the_engine(settled: Path) -> None:
     assert fast_hook(environ(settled, "t-fast")) == 0
 
 
-@pytest.mark.parametrize("content", ["", "garbage", "dkmshooks-verdict-2\0" + K, "\0" * 10])
+@pytest.mark.parametrize("content", ["", "garbage", "dkmshooks-verdict-3\0" + K, "\0" * 10])
 def test_an_unreadable_verdict_sends_the_call_to_the_engine(settled: Path, content: str) -> None:
     verdict_path(settled).write_text(content)
     assert fast_hook(environ(settled, "t-fast")) is None
+
+
+def test_a_verdict_cut_short_is_not_read(settled: Path) -> None:
+    data = verdict_path(settled).read_bytes()
+    found = verdict.Verdict.decode(data.decode())
+    assert found is not None and len(found.records) > 50
+    # cut after any whole field, as a crash while it was written could leave it
+    cuts = [i for i, b in enumerate(data) if b == 0]
+    for cut in cuts[-4:] + cuts[5:40:7] + [len(data) - 1]:
+        assert verdict.Verdict.decode(data[:cut].decode()) is None, cut
 
 
 def test_a_run_that_did_something_saves_no_verdict(
