@@ -40,12 +40,13 @@ def _answer(argv: Sequence[str], environ: Mapping[str, str]) -> int | None:
         return None
     if environ.get("DKMSHOOKS_FAULT"):
         return None
-    # adapters/apt.py: an empty DEB_MAINT_PARAMS or `configure …` configures the package; a
-    # value with quotes or escapes is left to its shlex parsing
+    # adapters/apt.py: an empty DEB_MAINT_PARAMS or `configure …` configures the package. Only
+    # printable ASCII without quotes or escapes, where words split at spaces as shlex splits
+    # them; anything else is left to the adapter
     params = environ.get("DEB_MAINT_PARAMS", "")
-    if any(c in params for c in "'\"\\"):
+    if not all(" " <= c <= "~" for c in params) or any(c in params for c in "'\"\\"):
         return None
-    words = params.split()
+    words = [word for word in params.split(" ") if word]
     if words and words[0] != "configure":
         return None
     root = environ.get("DKMSHOOKS_ROOT") or "/"

@@ -209,6 +209,8 @@ def test_another_environment_sends_the_call_to_the_engine(
     [
         ("postinst", "abort-upgrade 6.1.192-1"),
         ("postinst", "'configure' ''"),  # quoted: left to the adapter's shlex parsing
+        ("postinst", "configure\t6.1.192-1"),  # not a plain space: likewise
+        ("postinst", "abort-upgrade\x1cconfigure"),
         ("preinst", "upgrade 6.1.192-1 6.1.192-1"),
         ("prerm", "remove"),
     ],
