@@ -1,10 +1,11 @@
 """Run `dkms` for real without touching the host.
 
 Every command runs in a private mount namespace (`unshare --mount --propagation private`) in which
-/etc, /var/lib, /usr/src, /lib/modules, /var/log and /boot are overlayfs mounts over the host's
-own directories. The upper layers live under the test's tmp_path, so state persists from one
-`Sandbox.run` to the next within a test, while the host's trees are only ever read: nothing a test
-does reaches the host's /var/lib/dkms, /usr/src, /lib/modules, /etc, /var/log or /boot. Kernel
+/etc, /var/lib, /usr/src, /lib/modules, /var/log, /boot and /usr/share are overlayfs mounts over
+the host's own directories. The upper layers live under the test's tmp_path, so state persists
+from one `Sandbox.run` to the next within a test, while the host's trees are only ever read:
+nothing a test does reaches the host's /var/lib/dkms, /usr/src, /lib/modules, /etc, /var/log,
+/boot or /usr/share. Kernel
 headers, compilers, make, depmod, modinfo, sign-file and openssl are the host's real ones.
 
 The sandbox starts out as a host on which dkms was just installed: an empty /var/lib/dkms and an
@@ -31,6 +32,9 @@ OVERLAYS = (
     # dkms autoinstall/kernel_* append to dkmshooks's rebuild log; the engine reads /boot.
     ("var-log", "/var/log"),
     ("boot", "/boot"),
+    # dkms reads /usr/share/dkms/modules_to_force_install; a test that writes it must not leave
+    # it on the host for the next run's tests to find
+    ("usr-share", "/usr/share"),
 )
 
 # The wrapper's own failure, told apart from whatever the wrapped command returns.
