@@ -336,8 +336,12 @@ class Recorder:
     def __enter__(self) -> Recorder:
         global _active, _hook_installed
         if not _hook_installed:
-            sys.addaudithook(_audit)
-            _hook_installed = True
+            try:
+                sys.addaudithook(_audit)
+                _hook_installed = True
+            except Exception:  # another audit hook refused ours: the run goes unwatched
+                self.doubt = "no audit hook"
+                return self
 
         def wrap(real: Callable[..., Any], follow: bool | None) -> Callable[..., Any]:
             def wrapped(path: Any, *args: Any, **kw: Any) -> Any:
@@ -370,6 +374,8 @@ class Recorder:
 
     def __exit__(self, *exc: object) -> None:
         global _active
+        if not self._saved:  # __enter__ watched nothing
+            return
         _active = None
         for name in ("stat", "lstat", "readlink", "access"):
             setattr(os, name, self._saved[name])

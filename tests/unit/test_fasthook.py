@@ -299,3 +299,18 @@ def test_a_stale_verdict_is_dropped_by_the_engine(settled: Path) -> None:
     (settled / "etc/dkms/no-autoinstall").write_text("")
     assert engine_hook(settled, environ(settled, "t-2")) == 0  # says so: no verdict
     assert not verdict_path(settled).exists()
+
+
+def test_without_an_audit_hook_the_run_goes_on_unwatched(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(hook: object) -> None:
+        raise RuntimeError("audit hooks are locked")
+
+    monkeypatch.setattr(verdict, "RACY_NS", 0)
+    monkeypatch.setattr(verdict, "_hook_installed", False)
+    monkeypatch.setattr(sys, "addaudithook", refused)
+    assert engine_hook(tree, environ(tree)) == 0
+    assert transaction(tree, "t-engine")  # the engine did its part
+    assert not verdict_path(tree).exists()
+    assert os.stat is verdict._stat  # nothing left wrapped
