@@ -1,6 +1,7 @@
-"""Which apt (or dpkg) run a hook call belongs to: its transaction id. Used by the apt adapter
-and by fasthook, which answers before anything heavier than `os` is imported; so no dataclasses
-here (see adapters/apt.py for how the id is recorded and shared)."""
+"""Which apt (or dpkg) run a hook call belongs to (its transaction id), and what the call means
+(its event). Used by the apt adapter and by fasthook, which answers before anything heavier than
+`os` is imported; so no dataclasses here (see adapters/apt.py for how the id is recorded and
+shared)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,28 @@ import time
 
 TYPE_CHECKING = False  # typing itself is not imported: see the module docstring
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
 TRANSACTION_SCHEMA = 1
 TRANSACTION_FILE = "apt-transaction"
 #: Overrides the transaction id of a hook call (scripts that drive dpkg themselves, tests).
 TRANSACTION_VAR = "DKMSHOOKS_TRANSACTION"
+
+
+def hook_event(kind: str, params: Sequence[str]) -> str | None:
+    """The engine's event for a call of /etc/kernel/<kind>.d with DEB_MAINT_PARAMS split into
+    `params` (the table in adapters/apt.py), or None for a call that means nothing to it."""
+    action = params[0] if params else ""
+    if kind == "preinst":
+        return "image-preinst" if action == "upgrade" else None
+    if kind == "postinst":
+        return "image-added" if action in ("", "configure") else None
+    if kind == "header_postinst":
+        return "headers-added" if action in ("", "configure") else None
+    if kind == "prerm":
+        return "image-removed" if action in ("", "remove") else None
+    # postrm
+    return "image-removed" if action in ("remove", "purge") else None
 
 
 def new_transaction_id() -> str:

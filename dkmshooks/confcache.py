@@ -69,6 +69,11 @@ def override_names(module: str, version: str, kver: str, arch: str) -> list[str]
     ]
 
 
+def own_override_names(module: str, version: str, kver: str, arch: str) -> list[str]:
+    """The override names of one kernel alone (the last four of override_names)."""
+    return override_names(module, version, kver, arch)[2:]
+
+
 def _context(kver: str, arch: str, ctx: ConfContext) -> str:
     """Everything besides the conf's path and the files that decides what read_conf returns."""
     return "\0".join(
@@ -271,10 +276,8 @@ class ConfCache:
         reused for MEMO_SECONDS: `dkms status` asks once per line (10,000 on a big tree)."""
         _, _, tail, kernel, etc, present, _ = self._kernel_part(kver, arch, ctx)
         conf = os.fspath(conf_path)
-        stamps = [self.memo_stamp(conf)]
-        for name in override_names(module, version, kver, arch):
-            stamps.append(stamp(os.path.join(etc, name)) if name in present else [])
-        return f"{conf}\0{tail}", self.digest(stamps + kernel)
+        names = override_names(module, version, kver, arch)
+        return f"{conf}\0{tail}", self.digest(self._conf_stamps(conf, etc, present, names) + kernel)
 
     def shared_key(
         self,
@@ -290,13 +293,19 @@ class ConfCache:
         `kver` has an override file of its own in /etc/dkms (its values are its own)."""
         _, _, _, _, etc, present, shared = self._kernel_part(kver, arch, ctx)
         names = override_names(module, version, kver, arch)
-        if any(name in present for name in names[2:]):
+        if any(name in present for name in names[2:]):  # own_override_names
             return None
         conf = os.fspath(conf_path)
+        return f"{conf}\0{shared}", self.digest(self._conf_stamps(conf, etc, present, names[:2]))
+
+    def _conf_stamps(
+        self, conf: str, etc: str, present: frozenset[str], names: list[str]
+    ) -> list[Stamp]:
+        """The conf's stamp, then each named /etc/dkms override's ([] for one not there)."""
         stamps = [self.memo_stamp(conf)]
-        for name in names[:2]:
+        for name in names:
             stamps.append(stamp(os.path.join(etc, name)) if name in present else [])
-        return f"{conf}\0{shared}", self.digest(stamps)
+        return stamps
 
     @staticmethod
     def digest(stamps: list[Stamp]) -> str:

@@ -341,10 +341,8 @@ def evaluate_conf(
             "Could not locate dkms.conf file.", f"File: {conf_path} does not exist."
         )
     scope = {
-        "kernelver": kver,
+        **_kernel_scope(kver, ctx),
         "arch": arch,
-        "kernel_source_dir": os.fspath(ctx.kernel_source_dir),
-        "kernel_config": os.fspath(ctx.kernel_config),
         "dkms_tree": os.fspath(ctx.dkms_tree),
         "source_tree": os.fspath(ctx.source_tree),
         "install_tree": os.fspath(ctx.install_tree),

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import os
 
-from . import verdict
+from . import apttxn, verdict
 
 TYPE_CHECKING = False  # typing is not imported: see the module docstring
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-
-_EVENTS = {"postinst": "image-added", "header_postinst": "headers-added"}
 
 
 def answer(argv: Sequence[str], environ: Mapping[str, str]) -> int | None:
@@ -35,19 +33,20 @@ def _answer(argv: Sequence[str], environ: Mapping[str, str]) -> int | None:
     if len(argv) not in (4, 5) or argv[0] != "hook" or argv[1] != "apt":
         return None
     kind, kver = argv[2], argv[3]
-    event = _EVENTS.get(kind)
-    if event is None or not kver or "/" in kver or kver in (".", ".."):
+    if kind not in ("postinst", "header_postinst"):
+        return None  # the calls whose "nothing to do" a verdict records (hookengine)
+    if not kver or "/" in kver or kver in (".", ".."):
         return None
     if environ.get("DKMSHOOKS_FAULT"):
         return None
-    # adapters/apt.py: an empty DEB_MAINT_PARAMS or `configure …` configures the package. Only
-    # printable ASCII without quotes or escapes, where words split at spaces as shlex splits
-    # them; anything else is left to the adapter
+    # the event as the adapter works it out, from DEB_MAINT_PARAMS split into words; here only
+    # printable ASCII without quotes or escapes, which splits at spaces as the adapter's shlex
+    # splits it; anything else is left to the adapter
     params = environ.get("DEB_MAINT_PARAMS", "")
     if not all(" " <= c <= "~" for c in params) or any(c in params for c in "'\"\\"):
         return None
-    words = [word for word in params.split(" ") if word]
-    if words and words[0] != "configure":
+    event = apttxn.hook_event(kind, [word for word in params.split(" ") if word])
+    if event is None:
         return None
     root = environ.get("DKMSHOOKS_ROOT") or "/"
     state_dir = os.path.join(root, "var/lib/dkmshooks")
@@ -64,7 +63,7 @@ def _answer(argv: Sequence[str], environ: Mapping[str, str]) -> int | None:
     try:
         if not found.holds(kver, environ):
             return None
-        from . import apttxn, state
+        from . import state
 
         transaction = apttxn.current_transaction(state_dir, environ)
         if event == "image-added":

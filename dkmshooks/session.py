@@ -220,44 +220,32 @@ class SessionBase:
         cache = confcache.for_layout(self.layout)
         ctx = self._cached_context(kver)
         shared = cache.shared_key(conf_path, module, version, kver, arch, ctx)
-        if shared is not None:
-            generic = cache.get_values(module, version, *shared)
-            values = None if generic is None else values_for_kernel(generic, kver, ctx)
-            if values is not None:
-                return finish_conf(
-                    values,
-                    conf_path,
-                    module,
-                    version,
-                    kver,
-                    arch,
-                    ctx,
-                    self.console,
-                    shown_path=shown,
-                )
-        ckey, digest = cache.key(conf_path, module, version, kver, arch, ctx)
-        conf = cache.get(module, version, ckey, digest)
-        if conf is None:
-            consulted: set[str] = set()
+        generic = None if shared is None else cache.get_values(module, version, *shared)
+        values = None if generic is None else values_for_kernel(generic, kver, ctx)
+        consulted: set[str] | None = None
+        if values is None:
+            ckey, digest = cache.key(conf_path, module, version, kver, arch, ctx)
+            cached = cache.get(module, version, ckey, digest)
+            if cached is not None:
+                return cached
+            consulted = set()
             values = evaluate_conf(conf_path, module, version, kver, arch, ctx, consulted=consulted)
-            conf = finish_conf(
-                values, conf_path, module, version, kver, arch, ctx, self.console, shown_path=shown
-            )
-            # an override of this kernel's own that appeared since shared_key() looked may have
-            # been sourced: its values are then this kernel's alone
-            etc = os.fspath(ctx.etc_dkms)
-            own = confcache.override_names(module, version, kver, arch)[2:]
-            generic = None
-            if shared is not None and not any(
-                os.path.lexists(os.path.join(etc, name)) for name in own
-            ):
-                generic = shared_values(
-                    values, consulted, conf_path, module, version, kver, arch, ctx
-                )
-            if generic is not None and shared is not None:
-                cache.put_values(module, version, *shared, generic)
-            else:
-                cache.put(module, version, ckey, digest, conf)
+        conf = finish_conf(
+            values, conf_path, module, version, kver, arch, ctx, self.console, shown_path=shown
+        )
+        if consulted is None:
+            return conf  # made from the shared values: nothing new to keep
+        # an override of this kernel's own that appeared since shared_key() looked may have
+        # been sourced: its values are then this kernel's alone
+        etc = os.fspath(ctx.etc_dkms)
+        own = confcache.own_override_names(module, version, kver, arch)
+        generic = None
+        if shared is not None and not any(os.path.lexists(os.path.join(etc, n)) for n in own):
+            generic = shared_values(values, consulted, conf_path, module, version, kver, arch, ctx)
+        if generic is not None and shared is not None:
+            cache.put_values(module, version, *shared, generic)
+        else:
+            cache.put(module, version, ckey, digest, conf)
         return conf
 
     # -- output helpers ------------------------------------------------------------------------

@@ -35,7 +35,8 @@ def _write(path: Path, data: dict[str, Any]) -> None:
     fsutil.write_atomic(path, json.dumps(data, sort_keys=True, indent=1) + "\n")
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
+    """A file name for a kernel release or transaction id."""
     return "".join(c if c.isalnum() or c in "._-+" else "_" for c in name)
 
 
@@ -44,7 +45,7 @@ def pending_path(layout: Layout, kver: str) -> Path:
 
 
 def pending_file(state_dir: str | os.PathLike[str], kver: str) -> Path:
-    return Path(state_dir, "pending", f"{_safe(kver)}.json")
+    return Path(state_dir, "pending", f"{safe_name(kver)}.json")
 
 
 def record_pending(layout: Layout, kver: str, reason: str, modules: list[str], hint: str) -> None:
@@ -89,7 +90,7 @@ def transaction_path(layout: Layout, transaction: str) -> Path:
 
 
 def transaction_file(state_dir: str | os.PathLike[str], transaction: str) -> Path:
-    return Path(state_dir, "transactions", f"{_safe(transaction)}.json")
+    return Path(state_dir, "transactions", f"{safe_name(transaction)}.json")
 
 
 def transaction_done(layout: Layout, transaction: str, kver: str) -> dict[str, Any] | None:

@@ -108,8 +108,9 @@ def host() -> list[str]:
 
 
 def path_for(state_dir: str, kver: str) -> str:
-    safe = "".join(c if c.isalnum() or c in "._-+" else "_" for c in kver)
-    return os.path.join(state_dir, "verdicts", safe)
+    from .state import safe_name
+
+    return os.path.join(state_dir, "verdicts", safe_name(kver))
 
 
 def excluded_paths(state_dir: str) -> list[str]:

@@ -69,6 +69,7 @@ from dkmshooks.apttxn import (
     Process,
     ancestors,
     dpkg_transaction,
+    hook_event,
     read_process,
     read_transaction_file,
     utc_stamp,
@@ -107,20 +108,6 @@ def parse_maint_params(value: str) -> tuple[str, ...]:
         return tuple(value.split())
 
 
-def _event(kind: str, params: Sequence[str]) -> str | None:
-    action = params[0] if params else ""
-    if kind == "preinst":
-        return "image-preinst" if action == "upgrade" else None
-    if kind == "postinst":
-        return "image-added" if action in ("", "configure") else None
-    if kind == "header_postinst":
-        return "headers-added" if action in ("", "configure") else None
-    if kind == "prerm":
-        return "image-removed" if action in ("", "remove") else None
-    # postrm
-    return "image-removed" if action in ("remove", "purge") else None
-
-
 def trigger_from_hook(
     hook_dir_kind: str,
     args: Sequence[str],
@@ -142,7 +129,7 @@ def trigger_from_hook(
         )
     kver = args[0]
     raw_params = environ.get("DEB_MAINT_PARAMS", "")
-    event = _event(hook_dir_kind, parse_maint_params(raw_params))
+    event = hook_event(hook_dir_kind, parse_maint_params(raw_params))
     if event is None:
         return None
     try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import random
+from collections.abc import Sequence
 from pathlib import Path
 
 from dkmshooks.console import Console
@@ -44,3 +46,25 @@ def conf_context(root: Path, **kw: object) -> ConfContext:
     )
     base.update(kw)
     return ConfContext(**base)  # type: ignore[arg-type]
+
+
+def random_conf(
+    rng: random.Random,
+    names: Sequence[str],
+    refs: Sequence[str],
+    words: Sequence[str],
+    ref_share: float,
+) -> str:
+    """1-6 assignments `NAME=value` of 0-4 parts, each a reference (with probability
+    `ref_share`) or a word; quoted when it holds a blank, and otherwise half of the time."""
+    lines = []
+    for _ in range(rng.randint(1, 6)):
+        parts = [
+            rng.choice(refs if rng.random() < ref_share else words)
+            for _ in range(rng.randint(0, 4))
+        ]
+        value = "".join(parts)
+        if any(c in value for c in " \t") or rng.random() < 0.5:
+            value = f'"{value}"'
+        lines.append(f"{rng.choice(names)}={value}\n")
+    return "".join(lines)

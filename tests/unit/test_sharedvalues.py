@@ -12,7 +12,7 @@ import pytest
 from dkmshooks import shellconf
 from dkmshooks.dkmsconf import ConfContext, evaluate_conf, shared_values, values_for_kernel
 
-from .helpers import conf_context
+from .helpers import conf_context, random_conf
 
 ARCH = "x86_64"
 # (release, kernel_source_dir, kernel_config); the last two are not words the substitution is
@@ -49,37 +49,34 @@ def _random_conf(rng: random.Random) -> str:
     refs += ["$PACKAGE_NAME", "$dkms_tree", "$module"]
     # the last word is a placeholder written literally: it must not be taken for one
     words = ["a", "-", "/", "  ", "\t", "b.c", "=", ":", "@dkmshooks.kernelver@"]
-    lines = []
-    for _ in range(rng.randint(1, 6)):
-        parts = [
-            rng.choice(refs if rng.random() < 0.6 else words) for _ in range(rng.randint(0, 4))
-        ]
-        value = "".join(parts)
-        if any(c in value for c in " \t") or rng.random() < 0.5:
-            value = f'"{value}"'
-        lines.append(f"{rng.choice(names)}={value}\n")
-    return "".join(lines)
+    return random_conf(rng, names, refs, words, 0.6)
+
+
+def share(
+    root: Path, text: str, kernel: tuple[str, str, str] = KERNELS[0]
+) -> tuple[shellconf.ShellValues, set[str], shellconf.ShellValues | None]:
+    """`text` as root/dkms.conf, evaluated for `kernel`: its values, the names of the scope
+    they were computed from, and what shared_values makes of them."""
+    (root / "etc/dkms").mkdir(parents=True, exist_ok=True)
+    conf = root / "dkms.conf"
+    conf.write_text(text)
+    ctx = context(root, kernel)
+    consulted: set[str] = set()
+    values = evaluate_conf(conf, "m", "1.0", kernel[0], ARCH, ctx, consulted=consulted)
+    shared = shared_values(values, consulted, conf, "m", "1.0", kernel[0], ARCH, ctx)
+    return values, consulted, shared
 
 
 @pytest.mark.parametrize("first", [0, 1])
 def test_shared_values_give_each_kernel_what_bash_gives(tmp_path: Path, first: int) -> None:
     root = tmp_path
-    (root / "etc/dkms").mkdir(parents=True)
     conf = root / "dkms.conf"
     rng = random.Random(first)
     shared_count = 0
     compared = 0
     with_kernel = 0
     for _ in range(80):
-        conf.write_text(_random_conf(rng))
-        kver = KERNELS[first][0]
-        consulted: set[str] = set()
-        values = evaluate_conf(
-            conf, "m", "1.0", kver, ARCH, context(root, KERNELS[first]), consulted=consulted
-        )
-        shared = shared_values(
-            values, consulted, conf, "m", "1.0", kver, ARCH, context(root, KERNELS[first])
-        )
+        _, consulted, shared = share(root, _random_conf(rng), KERNELS[first])
         if shared is None:
             continue
         shared_count += 1
@@ -100,34 +97,21 @@ def test_shared_values_give_each_kernel_what_bash_gives(tmp_path: Path, first: i
 
 
 def test_literal_placeholder_text_is_not_shared(tmp_path: Path) -> None:
-    (tmp_path / "etc/dkms").mkdir(parents=True)
-    conf = tmp_path / "dkms.conf"
-    conf.write_text('MAKE="make KVER=$kernelver X=@dkmshooks.kernelver@"\n')
-    ctx = context(tmp_path, KERNELS[0])
-    consulted: set[str] = set()
-    values = evaluate_conf(conf, "m", "1.0", KERNELS[0][0], ARCH, ctx, consulted=consulted)
+    _, consulted, shared = share(tmp_path, 'MAKE="make KVER=$kernelver X=@dkmshooks.kernelver@"\n')
     assert consulted == {"kernelver"}
-    assert shared_values(values, consulted, conf, "m", "1.0", KERNELS[0][0], ARCH, ctx) is None
+    assert shared is None
 
 
 def test_values_computed_by_bash_are_not_shared(tmp_path: Path) -> None:
-    (tmp_path / "etc/dkms").mkdir(parents=True)
-    conf = tmp_path / "dkms.conf"
-    conf.write_text('MAKE="make KVER=$(echo $kernelver)"\n')
-    ctx = context(tmp_path, KERNELS[0])
-    consulted: set[str] = set()
-    values = evaluate_conf(conf, "m", "1.0", KERNELS[0][0], ARCH, ctx, consulted=consulted)
+    values, consulted, shared = share(tmp_path, 'MAKE="make KVER=$(echo $kernelver)"\n')
     assert values.get("MAKE") == f"make KVER={KERNELS[0][0]}"
     assert consulted == {shellconf.ANY}
-    assert shared_values(values, consulted, conf, "m", "1.0", KERNELS[0][0], ARCH, ctx) is None
+    assert shared is None
 
 
 def test_values_without_the_kernel_are_shared_as_they_are(tmp_path: Path) -> None:
-    (tmp_path / "etc/dkms").mkdir(parents=True)
-    conf = tmp_path / "dkms.conf"
-    conf.write_text('PACKAGE_NAME=m\nMAKE="make M=$dkms_tree/m/1.0/build"\n')
-    ctx = context(tmp_path, KERNELS[0])
-    consulted: set[str] = set()
-    values = evaluate_conf(conf, "m", "1.0", KERNELS[0][0], ARCH, ctx, consulted=consulted)
+    values, consulted, shared = share(
+        tmp_path, 'PACKAGE_NAME=m\nMAKE="make M=$dkms_tree/m/1.0/build"\n'
+    )
     assert consulted == {"dkms_tree"}
-    assert shared_values(values, consulted, conf, "m", "1.0", KERNELS[0][0], ARCH, ctx) is values
+    assert shared is values

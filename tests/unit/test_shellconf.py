@@ -14,7 +14,7 @@ import pytest
 from dkmshooks import run, shellconf
 from dkmshooks.dkmsconf import read_conf
 
-from .helpers import Captured, conf_context
+from .helpers import Captured, conf_context, random_conf
 
 VARS = ["PACKAGE_NAME", "PACKAGE_VERSION", "MAKE", "CLEAN", "parallel_jobs", "tmp_location"]
 SCOPE = {
@@ -293,16 +293,7 @@ def _random_conf(rng: random.Random) -> str:
     refs = ["$PACKAGE_NAME", "${MAKE}", "$CLEAN", "$tmp_location", "$x", "${kernelver}"]
     refs += ["$spaced", "$dkms_tree", "$parallel_jobs"]
     words = ["a", "-", "/", "  ", "\t", "b.c", "=", ":"]
-    lines = []
-    for _ in range(rng.randint(1, 6)):
-        parts = [
-            rng.choice(refs if rng.random() < 0.5 else words) for _ in range(rng.randint(0, 4))
-        ]
-        value = "".join(parts)
-        if any(c in value for c in " \t") or rng.random() < 0.5:
-            value = f'"{value}"'
-        lines.append(f"{rng.choice(names)}={value}\n")
-    return "".join(lines)
+    return random_conf(rng, names, refs, words, 0.5)
 
 
 def _needs_bash(files: list[Path]) -> bool:
