@@ -25,7 +25,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,14 @@ SCHEMA = 1
 #: entries kept per module/version: one per kernel/arch/context, the most recent first
 MAX_ENTRIES = 64
 MEMO_SECONDS = 1.0
+#: a stamp this recent may not show the next change (file times move in clock ticks)
+RACY_NS = 2_000_000_000
+
+
+def racy(stamps: Iterable[Stamp], now_ns: int | None = None) -> bool:
+    """Whether any of `stamps` changed less than RACY_NS before `now_ns` (or after it)."""
+    limit = (time.time_ns() if now_ns is None else now_ns) - RACY_NS
+    return any(len(s) == 4 and (s[2] >= limit or s[3] >= limit) for s in stamps)
 
 
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+-")
@@ -261,6 +269,12 @@ class ConfCache:
             self._kernel_parts[(kver, arch, id(ctx))] = part
         return part
 
+    def kernel_key(self, kver: str, arch: str, ctx: ConfContext) -> str:
+        """What key() takes from the kernel, as one string: its context and the stamps of its
+        config files."""
+        part = self._kernel_part(kver, arch, ctx)
+        return f"{part[2]}\0{part[3]!r}"
+
     def key(
         self,
         conf_path: str | os.PathLike[str],
@@ -314,7 +328,8 @@ class ConfCache:
 
     def same_content(self, module: str, version: str, a: str, b: str) -> bool:
         """fsutil.same_content, remembered while neither file changes (status compares every
-        built module with its installed copy: megabytes per line otherwise)."""
+        built module with its installed copy: megabytes per line otherwise); not for files
+        changed less than RACY_NS before."""
         from . import fsutil
 
         stamps = [stamp(a), stamp(b)]
@@ -325,7 +340,7 @@ class ConfCache:
         if isinstance(hit, list) and len(hit) == 2 and hit[0] == stamps:
             return bool(hit[1])
         verdict = fsutil.same_content(Path(a), Path(b))
-        if [stamp(a), stamp(b)] == stamps and stamps[0] and stamps[1]:
+        if [stamp(a), stamp(b)] == stamps and stamps[0] and stamps[1] and not racy(stamps):
             with self._lock:
                 same.pop(key, None)
                 same[key] = [stamps, verdict]
@@ -336,10 +351,10 @@ class ConfCache:
 
     def get_extras(
         self, module: str, version: str, memo_key: str, installed: bool
-    ) -> tuple[bool, bool, bool] | None:
+    ) -> tuple[tuple[bool, bool, bool], list[tuple[str, Stamp]]] | None:
         """A status line's extras as put_extras stored them, if none of their inputs changed:
         the conf's context and file stamps (`memo_key`), the installed state and the stamps of
-        every file the answer was computed from."""
+        every file the answer was computed from. Returns (flags, those files and stamps)."""
         key, digest = _extras_key(memo_key)
         with self._lock:
             hit = self._load(module, version, "status").get("extras", {}).get(key)
@@ -349,14 +364,16 @@ class ConfCache:
         if stored_digest != digest or was_installed is not installed:
             return None
         try:
+            seen = []
             for path, old in files:
                 now = self.memo_stamp(path[1:]) if path[:1] == "~" else stamp(path)
                 if now != old:
                     return None
+                seen.append((path, old))
             original, missing, differences = flags
         except (TypeError, ValueError):
             return None
-        return bool(original), bool(missing), bool(differences)
+        return (bool(original), bool(missing), bool(differences)), seen
 
     def put_extras(
         self,
@@ -367,7 +384,11 @@ class ConfCache:
         files: list[tuple[str, Stamp]],
         flags: tuple[bool, bool, bool],
     ) -> None:
-        """`files`: each with the stamp it had before the answer was computed from it."""
+        """`files`: each with the stamp it had before the answer was computed from it. Not kept
+        when one of them changed less than RACY_NS before (a second change within the file
+        system's clock tick would leave the same stamp)."""
+        if racy(old for _, old in files):
+            return
         key, digest = _extras_key(memo_key)
         entry = [digest, installed, [[path, old] for path, old in files], list(flags)]
         with self._lock:

@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import confcache, fsutil
+from . import confcache, fsutil, statussnap
+from .console import Console
 from .dkmsconf import DkmsConf
 from .errors import BadConfError, DkmsError
 from .install import Installer
 from .kernel import compressed_or_uncompressed
+from .tree import DOUBT, Deps, StatusEntry
 
 STATUS_SCHEMA = 1
 
@@ -53,27 +55,111 @@ def _plain_or_packed(
 _UNCACHEABLE: tuple[str, fsutil.Stamp] = ("", [])
 
 
+def _status_line(entry: StatusEntry, extras: Extras, as_json: bool) -> str:
+    """A status line, or its JSON record (keys sorted, as json.dumps(sort_keys=True) writes)."""
+    if as_json:
+        record = {
+            "module": entry.module,
+            "version": entry.version,
+            "kernel": entry.kver or None,
+            "arch": entry.arch or None,
+            "state": entry.state,
+            "original_modules": extras.original_modules,
+            "built_modules_missing": extras.built_modules_missing,
+            "differences": extras.differences,
+        }
+        return json.dumps(record, sort_keys=True)
+    mv = f"{entry.module}/{entry.version}"
+    if entry.state in ("broken", "added"):
+        return f"{mv}: {entry.state}"
+    return f"{mv}, {entry.kver}, {entry.arch}: {entry.state}{extras.text()}"
+
+
+class _Watch(Console):
+    """Passes everything on to `inner`, noting that something was said."""
+
+    def __init__(self, inner: Console) -> None:
+        super().__init__(inner.out, inner.err)
+        self.inner = inner
+        self.captures = inner.captures
+        self.said = False
+
+    def write(self, text: str) -> None:
+        self.said = True
+        self.inner.write(text)
+
+    def echo(self, *lines: str) -> None:
+        self.said = True
+        self.inner.echo(*lines)
+
+    def write_err(self, text: str) -> None:
+        self.said = True
+        self.inner.write_err(text)
+
+    def echo_err(self, *lines: str) -> None:
+        self.said = True
+        self.inner.echo_err(*lines)
+
+    def error(self, *lines: str) -> None:
+        self.said = True
+        self.inner.error(*lines)
+
+    def warn(self, *lines: str) -> None:
+        self.said = True
+        self.inner.warn(*lines)
+
+    def deprecated(self, *lines: str) -> None:
+        self.said = True
+        self.inner.deprecated(*lines)
+
+
+def _note_seen(deps: Deps, seen: list[tuple[str, fsutil.Stamp]]) -> None:
+    """status_extras's files (`~path`: through the memo, which is a stamp all the same)."""
+    if deps is None:
+        return
+    for path, old in seen:
+        if not path:
+            deps[DOUBT] = []  # _UNCACHEABLE
+        else:
+            deps["=" + (path[1:] if path[:1] == "~" else path)] = old
+
+
 class Session(Installer):
     """A dkms invocation with every lifecycle action."""
 
     # -- status --------------------------------------------------------------------------------
 
     def status_extras(
-        self, module: str, version: str, kver: str, arch: str, installed: bool | None = None
+        self,
+        module: str,
+        version: str,
+        kver: str,
+        arch: str,
+        installed: bool | None = None,
+        deps: Deps = None,
     ) -> Extras:
         """dkms 3.4's status extras for one line. `installed`: whether the line says installed,
         when the caller already knows. A result is remembered (confcache) with the stamps of
-        every file it was computed from, so a repeated status costs a few stat() calls a line."""
+        every file it was computed from, so a repeated status costs a few stat() calls a line.
+        `deps` (tree.Deps) gets what the answer rests on: the conf's stamp, the kernel's part of
+        the conf's key ("@K\0A") and the files compared."""
         tree = os.fspath(self.layout.dkms_tree)
         if installed is None:
             installed = self.tree.is_active(module, version, kver, arch)
         conf_path = f"{tree}/{module}/{version}/source/dkms.conf"
         cache = confcache.for_layout(self.layout)
+        if deps is not None:
+            # taken before the conf's key, which takes its stamps from the same memo
+            deps["=" + conf_path] = cache.memo_stamp(conf_path)
+            deps[f"@{kver}\0{arch}"] = cache.kernel_key(kver, arch, self._cached_context(kver))
         memo_key = self.conf_cache_key(conf_path, module, version, kver, arch)
+        if memo_key is None and deps is not None:
+            deps[DOUBT] = []
         if memo_key is not None:
             hit = cache.get_extras(module, version, memo_key, installed)
             if hit is not None:
-                return Extras(*hit)
+                _note_seen(deps, hit[1])
+                return Extras(*hit[0])
         try:
             conf = self.read_conf(module, version, kver, arch, Path(conf_path), persistent=True)
         except DkmsError as exc:
@@ -91,6 +177,7 @@ class Session(Installer):
             seen = [("~" + parent, [])]
         original = os.path.isdir(original_dir)
         result = self._extras(conf, module, version, kver, arch, installed, original, seen)
+        _note_seen(deps, seen)
         if memo_key is not None and _UNCACHEABLE not in seen:
             cache.put_extras(
                 module,
@@ -162,59 +249,97 @@ class Session(Installer):
         *,
         as_json: bool = False,
     ) -> None:
+        """Each target's lines, module/version by module/version; a module/version whose lines
+        the status snapshot kept, and whose files have not changed since, is printed from it."""
         targets = list(kernels) or [("", "")]
-        records: list[dict[str, Any]] = []
-        for kver, arch in targets:
-            for entry in self.tree.status(module, version, kver, arch):
-                mv = f"{entry.module}/{entry.version}"
-                if as_json:
-                    record: dict[str, Any] = {
-                        "module": entry.module,
-                        "version": entry.version,
-                        "kernel": entry.kver or None,
-                        "arch": entry.arch or None,
-                        "state": entry.state,
-                    }
-                    extras = (
-                        self.status_extras(
-                            entry.module,
-                            entry.version,
-                            entry.kver,
-                            entry.arch,
-                            entry.state == "installed",
-                        )
-                        if entry.state in ("built", "installed")
-                        else Extras()
-                    )
-                    record.update(
-                        original_modules=extras.original_modules,
-                        built_modules_missing=extras.built_modules_missing,
-                        differences=extras.differences,
-                    )
-                    records.append(record)
-                elif entry.state == "broken":
-                    self.console.echo(f"{mv}: broken")
-                    self.console.error(
-                        f"{mv}: Missing the module source directory or the symbolic link "
-                        "pointing to it.",
-                        "Manual intervention is required!",
-                    )
-                elif entry.state == "added":
-                    self.console.echo(f"{mv}: added")
-                else:
-                    line = f"{mv}, {entry.kver}, {entry.arch}: {entry.state}"
-                    line += self.status_extras(
+        snap = self._status_snapshot(module, version, targets, as_json)
+        try:
+            self._show_status(snap, module, version, targets, as_json)
+        finally:
+            snap.close()
+        snap.save()
+
+    def _show_status(
+        self,
+        snap: statussnap.Snapshot,
+        module: str,
+        version: str,
+        targets: list[tuple[str, str]],
+        as_json: bool,
+    ) -> None:
+        modules = list(snap.walk(self.tree, module, version))
+        join = ", " if as_json else "\n"  # between JSON records, between text lines
+        out: list[str] = []  # kept text not yet written, or every JSON record
+        for target, (kver, arch) in enumerate(targets):
+            for m, versions in modules:
+                for v in versions:
+                    text = snap.section(m, target, v)
+                    if text is None:
+                        if out and not as_json:
+                            self.console.echo(*out)
+                            out.clear()
+                        lines, deps = self._status_section(m, v, kver, arch, as_json)
+                        text = join.join(lines)
+                        snap.keep(m, target, v, text, deps)
+                        if not as_json:
+                            continue  # written as worked out
+                    if text:
+                        out.append(text)
+        if as_json:
+            # json.dumps({"schema": ..., "modules": records}, sort_keys=True), record by record
+            self.console.echo(f'{{"modules": [{join.join(out)}], "schema": {STATUS_SCHEMA}}}')
+        elif out:
+            self.console.echo(*out)
+
+    def _status_snapshot(
+        self, module: str, version: str, targets: list[tuple[str, str]], as_json: bool
+    ) -> statussnap.Snapshot:
+        cache = confcache.for_layout(self.layout)
+        query = (self.settings, self.options, module, version, targets, as_json)
+        return statussnap.Snapshot(
+            cache.directory / "status",
+            repr(query),
+            os.fspath(self.layout.etc_dkms),
+            lambda kver, arch: cache.kernel_key(kver, arch, self._cached_context(kver)),
+            cache.read_only,
+        )
+
+    def _status_section(
+        self, module: str, version: str, kver: str, arch: str, as_json: bool
+    ) -> tuple[list[str], dict[str, Any]]:
+        """One module/version's lines for one target, as printed (text lines are written as
+        they come), and what they rest on (tree.Deps; DOUBT if anything else was printed)."""
+        deps: dict[str, Any] = {}
+        lines: list[str] = []
+        real = self.console
+        watch = self.console = _Watch(real)  # what the lines' own reads print
+        try:
+            for entry in self.tree.version_status(module, version, kver, arch, deps):
+                extras = Extras()
+                if entry.state in ("built", "installed"):
+                    extras = self.status_extras(
                         entry.module,
                         entry.version,
                         entry.kver,
                         entry.arch,
                         entry.state == "installed",
-                    ).text()
-                    self.console.echo(line)
-        if as_json:
-            self.console.echo(
-                json.dumps({"schema": STATUS_SCHEMA, "modules": records}, sort_keys=True)
-            )
+                        deps,
+                    )
+                line = _status_line(entry, extras, as_json)
+                lines.append(line)
+                if not as_json:
+                    real.echo(line)
+                if entry.state == "broken":
+                    self.console.error(
+                        f"{entry.module}/{entry.version}: Missing the module source directory "
+                        "or the symbolic link pointing to it.",
+                        "Manual intervention is required!",
+                    )
+        finally:
+            self.console = real
+        if watch.said:
+            deps[DOUBT] = []
+        return lines, deps
 
     def show_list(self, module: str, *, as_json: bool = False) -> None:
         """`dkms list`: the registered module/versions, without touching any kernel."""

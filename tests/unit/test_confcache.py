@@ -5,6 +5,7 @@ without looking inside."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -251,15 +252,18 @@ def status_line(make_session: Make) -> str:
 
 
 def test_status_extras_are_remembered_until_a_file_they_read_changes(
-    tree: Path, make_session: Make
+    tree: Path, make_session: Make, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # nothing is remembered of a file changed less than RACY_NS ago: a short window, waited out
+    monkeypatch.setattr(confcache, "RACY_NS", 50_000_000)
     built, installed = _installed(tree)
+    time.sleep(0.06)
     clean = f"m/1.0, {K}, {ARCH}: installed\n"
     assert status_line(make_session) == clean
     assert status_line(make_session) == clean
     assert evaluations(tree) == 1
     status_files = sorted(p.name for p in (tree / "var/lib/dkmshooks/confcache").iterdir())
-    assert status_files == ["m@1.0.json", "m@1.0@status.json"]
+    assert status_files == ["m@1.0.json", "m@1.0@status.json", "status"]  # status: statussnap
 
     # the installed copy overwritten in place, same size: the remembered answer is not used
     installed.write_bytes(b"\x7fELF other")
