@@ -450,10 +450,12 @@ class Bench:
         if tool is DKMS:
             for hook in (DKMS_DEB_DIR / "etc/kernel").glob("*/dkms"):
                 scratch.write(f"/etc/kernel/{hook.parent.name}/dkms", hook.read_bytes(), mode=0o755)
-        else:  # dkmshooks's apt hooks, where its .deb puts them
+        else:  # dkmshooks's apt hooks, where its .deb puts them, and its kernel-install plugin
             for hook in (REPO / "hooks/apt").glob("kernel-*"):
                 kind = hook.name[len("kernel-") :]
                 scratch.write(f"/etc/kernel/{kind}.d/dkmshooks", hook.read_bytes(), mode=0o755)
+            plugin = REPO / "hooks/kernel-install/40-dkmshooks.install"
+            scratch.write(f"/etc/kernel/install.d/{plugin.name}", plugin.read_bytes(), mode=0o755)
 
     def make_mok(self) -> None:
         self.mok.mkdir()
@@ -887,6 +889,38 @@ class Bench:
                         ],
                         opts.slow_reps,
                     )
+                # kernel-install's plugin call, as systemd's kernel-install makes it (Debian's dkms
+                # ships /etc/kernel/install.d/dkms, which runs its postinst.d hook)
+                entry = f"/boot/efi/0123456789abcdef0123456789abcdef/{k}"
+                plugin_env = {
+                    "KERNEL_INSTALL_LAYOUT": "bls",
+                    "KERNEL_INSTALL_MACHINE_ID": "0123456789abcdef0123456789abcdef",
+                    "KERNEL_INSTALL_STAGING_AREA": "/tmp/kernel-install.staging.bench",
+                }
+                self.alternate(
+                    "2 hook, kernel needs nothing (kernel-install plugin)",
+                    [
+                        (
+                            DKMS,
+                            noop[DKMS.name],
+                            ["/etc/kernel/install.d/dkms", "add", k, entry, f"/boot/vmlinuz-{k}"],
+                            DKMS.env(**plugin_env),
+                        ),
+                        (
+                            self.hooks,
+                            noop[self.hooks.name],
+                            [
+                                "/etc/kernel/install.d/40-dkmshooks.install",
+                                "add",
+                                k,
+                                entry,
+                                f"/boot/vmlinuz-{k}",
+                            ],
+                            self.hooks.env(**plugin_env),
+                        ),
+                    ],
+                    opts.slow_reps,
+                )
         if "4" in want:
             self.bench_dnf()
         if "5" in want:

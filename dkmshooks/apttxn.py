@@ -1,6 +1,7 @@
-"""Which apt (or dpkg) run a hook call belongs to (its transaction id), and what the call means
-(its event). Used by the apt adapter and by fasthook, which answers before anything heavier than
-`os` is imported; so no dataclasses here (see adapters/apt.py for how the id is recorded and
+"""Which package-manager run a hook call belongs to (its transaction id: an apt or dpkg run, or
+the rpm front end above a kernel-install call), and what an apt call means (its event). Used by
+the apt, dnf and kernel-install adapters and by fasthook, which answers before anything heavier
+than `os` is imported; so no dataclasses here (see adapters/apt.py for how the id is recorded and
 shared)."""
 
 from __future__ import annotations
@@ -175,3 +176,60 @@ def current_transaction(
         if process.comm == "dpkg":
             return dpkg_transaction(process, proc)
     return new_transaction_id()
+
+
+#: Names of the processes that run rpm transactions (comm, at most 15 characters). The first
+#: ancestor with one of these names is "the package manager" of a kernel-install call.
+RPM_MANAGERS = frozenset(
+    {
+        "dnf",
+        "dnf-3",
+        "dnf4",
+        "dnf5",
+        "dnf-automatic",
+        "dnf5daemon-serv",
+        "yum",
+        "microdnf",
+        "packagekitd",
+        "rpm",
+        "rpm-ostree",
+        "zypper",
+    }
+)
+
+
+def rpm_manager(pid: int, proc: str | os.PathLike[str] = "/proc") -> Process | None:
+    """The nearest ancestor of pid that is an rpm front end."""
+    for process in ancestors(pid, proc):
+        if process.comm in RPM_MANAGERS:
+            return process
+    return None
+
+
+def rpm_transaction(pid: int, start: int, proc: str | os.PathLike[str] = "/proc") -> str:
+    """The id every dkmshooks call of one rpm front end's run computes alike (the process `pid`
+    started at `start` clock ticks after boot), in the shape of new_transaction_id()."""
+    import hashlib
+
+    started = boot_time(proc) + start / os.sysconf("SC_CLK_TCK")
+    digest = hashlib.sha256(f"rpm-manager {pid} {start}".encode()).hexdigest()
+    return f"{digest[:8]}-{utc_stamp(started)}"
+
+
+def kernel_install_transaction(
+    state_dir: str | os.PathLike[str],
+    environ: Mapping[str, str],
+    *,
+    pid: int | None = None,
+    proc: str | os.PathLike[str] = "/proc",
+) -> str:
+    """The id a kernel-install plugin call shares with the rest of its package-manager run: the
+    dnf (or other rpm front end) process that runs the kernel's scriptlet, else apt's or dpkg's
+    run (Debian's zz-systemd-boot), else a fresh one."""
+    forced = environ.get(TRANSACTION_VAR)
+    if forced:
+        return forced
+    manager = rpm_manager(os.getpid() if pid is None else pid, proc)
+    if manager is not None:
+        return rpm_transaction(manager.pid, manager.start, proc)
+    return current_transaction(state_dir, environ, pid=pid, proc=proc)

@@ -1,12 +1,13 @@
-"""`dkmshooks hook apt postinst|header_postinst K` for a kernel that needs nothing, answered
-before the engine is imported.
+"""`dkmshooks hook apt postinst|header_postinst K` and `dkmshooks hook kernel-install add K …`
+for a kernel that needs nothing, answered before the engine is imported.
 
 The engine saves a verdict when such a call found nothing to do for K (verdict.py). The next
 call for K, under the tree lock, checks that every path the engine read is unchanged and the
 environment is the same; then the engine would again do nothing, and this module does what it
-did besides reading: it marks K (and, for the image, K#image-added) in the apt transaction's
-state and clears K's pending record, or says that the transaction already handled K. Anything
-else, any doubt, any error: None, and the caller runs the engine as usual.
+did besides reading: it marks K (and, for the image, K#image-added) in the transaction's state
+(apt's run, or for kernel-install the package manager's run the adapter finds) and clears K's
+pending record, or says that the transaction already handled K. Anything else, any doubt, any
+error: None, and the caller runs the engine as usual.
 """
 
 from __future__ import annotations
@@ -30,27 +31,30 @@ def answer(argv: Sequence[str], environ: Mapping[str, str]) -> int | None:
 
 
 def _answer(argv: Sequence[str], environ: Mapping[str, str]) -> int | None:
-    if len(argv) not in (4, 5) or argv[0] != "hook" or argv[1] != "apt":
+    if len(argv) < 4 or argv[0] != "hook" or environ.get("DKMSHOOKS_FAULT"):
         return None
-    kind, kver = argv[2], argv[3]
-    if kind not in ("postinst", "header_postinst"):
-        return None  # the calls whose "nothing to do" a verdict records (hookengine)
-    if not kver or "/" in kver or kver in (".", ".."):
+    if argv[1] == "apt" and len(argv) in (4, 5):
+        kind, kver = argv[2], argv[3]
+        if kind not in ("postinst", "header_postinst"):
+            return None  # the calls whose "nothing to do" a verdict records (hookengine)
+        # the event as the adapter works it out, from DEB_MAINT_PARAMS split into words; here
+        # only printable ASCII without quotes or escapes, which splits at spaces as the
+        # adapter's shlex splits it; anything else is left to the adapter
+        params = environ.get("DEB_MAINT_PARAMS", "")
+        if not all(" " <= c <= "~" for c in params) or any(c in params for c in "'\"\\"):
+            return None
+        event = apttxn.hook_event(kind, [word for word in params.split(" ") if word])
+        source = "apt"
+    elif argv[1] == "kernel-install" and argv[2] == "add":
+        kver, event, source = argv[3], "image-added", "kernel-install"
+    else:
         return None
-    if environ.get("DKMSHOOKS_FAULT"):
-        return None
-    # the event as the adapter works it out, from DEB_MAINT_PARAMS split into words; here only
-    # printable ASCII without quotes or escapes, which splits at spaces as the adapter's shlex
-    # splits it; anything else is left to the adapter
-    params = environ.get("DEB_MAINT_PARAMS", "")
-    if not all(" " <= c <= "~" for c in params) or any(c in params for c in "'\"\\"):
-        return None
-    event = apttxn.hook_event(kind, [word for word in params.split(" ") if word])
-    if event is None:
+    if event is None or not kver or "/" in kver or kver in (".", ".."):
         return None
     root = environ.get("DKMSHOOKS_ROOT") or "/"
     state_dir = os.path.join(root, "var/lib/dkmshooks")
-    found = verdict.load(state_dir, kver)
+    name = verdict.name_for(source, kver)
+    found = verdict.load(state_dir, name)
     if found is None:
         return None
     from pathlib import Path
@@ -61,11 +65,14 @@ def _answer(argv: Sequence[str], environ: Mapping[str, str]) -> int | None:
     if not lock.try_acquire():
         return None  # another run holds the tree: the engine waits for it, and says so
     try:
-        if not found.holds(kver, environ):
+        if not found.holds(name, environ):
             return None
         from . import state
 
-        transaction = apttxn.current_transaction(state_dir, environ)
+        if source == "apt":
+            transaction = apttxn.current_transaction(state_dir, environ)
+        else:
+            transaction = apttxn.kernel_install_transaction(state_dir, environ)
         if event == "image-added":
             state.mark_transaction_at(state_dir, transaction, f"{kver}#image-added", {"seen": True})
         readiness = {"headers": found.headers, "image": found.image}

@@ -25,6 +25,7 @@ from .engine import (
     run_tasks,
 )
 from .errors import DkmsError
+from .layout import Layout
 from .locking import TreeLock, lock_timeout
 from .status import Session
 from .trigger import Trigger
@@ -71,9 +72,9 @@ def run_trigger(trigger: Trigger, environ: Mapping[str, str]) -> int:
         return _run_trigger(trigger, environ)[0]
     # a hook call fasthook can answer next time, if this run does nothing (verdict.py)
     from . import verdict
-    from .layout import Layout
 
     state_dir = os.fspath(Layout(root=Path(environ.get("DKMSHOOKS_ROOT") or "/")).state_dir)
+    name = verdict.name_for(trigger.source, kver)
     recorder = verdict.Recorder(verdict.excluded_paths(state_dir))
     with recorder:
         rc, run = _run_trigger(trigger, environ)
@@ -81,23 +82,34 @@ def run_trigger(trigger: Trigger, environ: Mapping[str, str]) -> int:
     if rc == 0 and run is not None and not run.failures and not run.log.records:
         readiness = run.idle.get(kver)
         if readiness is not None and list(run.idle) == [kver]:
-            found = recorder.verdict(kver, readiness["headers"], readiness["image"], environ)
+            found = recorder.verdict(name, readiness["headers"], readiness["image"], environ)
     if found is not None:
         verdict.save(state_dir, found)
     else:
-        verdict.forget(state_dir, kver)
+        verdict.forget(state_dir, name)
     return rc
 
 
 def verdict_kernel(trigger: Trigger, environ: Mapping[str, str]) -> str | None:
     """The kernel of a trigger whose "nothing to do" fasthook can answer: one apt hook call for
-    a kernel's image or headers being configured (not under fault injection)."""
-    if trigger.source != "apt" or trigger.modules or len(trigger.kernels) != 1:
-        return None
-    if environ.get("DKMSHOOKS_FAULT"):
+    a kernel's image or headers being configured, or one kernel-install `add` (not under fault
+    injection)."""
+    if trigger.modules or len(trigger.kernels) != 1 or environ.get("DKMSHOOKS_FAULT"):
         return None
     event = trigger.kernels[0]
-    return event.kver if event.event in ("image-added", "headers-added") else None
+    if trigger.source == "apt" and event.event in ("image-added", "headers-added"):
+        return event.kver
+    if trigger.source == "kernel-install" and event.event == "image-added":
+        return event.kver
+    return None
+
+
+def forget_verdicts(layout: Layout, kver: str) -> None:
+    """A kernel going away: its verdicts can never hold again (/lib/modules/K changes)."""
+    from . import verdict
+
+    for source in ("apt", "kernel-install"):
+        verdict.forget(os.fspath(layout.state_dir), verdict.name_for(source, kver))
 
 
 def _run_trigger(trigger: Trigger, environ: Mapping[str, str]) -> tuple[int, HookRun | None]:
@@ -121,6 +133,7 @@ def _run_trigger(trigger: Trigger, environ: Mapping[str, str]) -> tuple[int, Hoo
             kver = event.kver
             if event.event == "image-removed":
                 remove_kernel(run, kver, preinst=False)
+                forget_verdicts(layout, kver)
             elif event.event == "image-preinst":
                 remove_kernel(run, kver, preinst=True)
                 state.mark_transaction(

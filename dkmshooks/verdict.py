@@ -47,6 +47,7 @@ VOLATILE_ENV = frozenset(
         "DPKG_MAINTSCRIPT_PACKAGE_REFCOUNT",
         "DPKG_RUNNING_VERSION",
         "DKMSHOOKS_TRANSACTION",  # only names the transaction, which fasthook works out itself
+        "KERNEL_INSTALL_STAGING_AREA",  # a fresh temporary dir per kernel-install run, unread
         "_",  # the shell's bookkeeping: the command last run, how deep the shells are nested
         "SHLVL",
     }
@@ -111,6 +112,12 @@ def path_for(state_dir: str, kver: str) -> str:
     from .state import safe_name
 
     return os.path.join(state_dir, "verdicts", safe_name(kver))
+
+
+def name_for(source: str, kver: str) -> str:
+    """What a verdict is saved under: the kernel for an apt call, `kernel-install:K` for a
+    kernel-install plugin call (the adapters before the engine differ)."""
+    return kver if source == "apt" else f"{source}:{kver}"
 
 
 def excluded_paths(state_dir: str) -> list[str]:

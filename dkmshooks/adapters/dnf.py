@@ -51,7 +51,6 @@ kernel-install already handled in this transaction costs the engine a no-op.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import sys
@@ -61,6 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from dkmshooks.apttxn import RPM_MANAGERS, read_process, rpm_manager, rpm_transaction
 from dkmshooks.console import note
 from dkmshooks.trigger import KERNEL_EVENTS, KernelEvent, Trigger, new_transaction_id
 
@@ -81,24 +81,9 @@ derived on the host to the dkmshooks of an installroot. EVENT is one of:
 IMAGE_PROVIDE = "kernel-uname-r"
 HEADERS_PROVIDE = "kernel-devel-uname-r"
 
-#: Names of the processes that run rpm transactions (comm, at most 15 characters). The first
-#: ancestor with one of these names is "the package manager" of a kernel-install call.
-MANAGERS = frozenset(
-    {
-        "dnf",
-        "dnf-3",
-        "dnf4",
-        "dnf5",
-        "dnf-automatic",
-        "dnf5daemon-serv",
-        "yum",
-        "microdnf",
-        "packagekitd",
-        "rpm",
-        "rpm-ostree",
-        "zypper",
-    }
-)
+#: The rpm front ends (apttxn.RPM_MANAGERS): the first ancestor with one of these names is "the
+#: package manager" of a kernel-install call.
+MANAGERS = RPM_MANAGERS
 
 _HEADERS_PATH = re.compile(r"^/usr/src/kernels/([^/]+)(?:/|$)")
 _IMAGE_PATH = re.compile(r"^(?:/usr)?/lib/modules/([^/]+)/vmlinuz$")
@@ -240,43 +225,18 @@ class ManagerProcess:
     start: int  # clock ticks after boot: with the pid, unique for one boot
 
 
-def _process(pid: int, proc: Path) -> tuple[int, str, int] | None:
-    """(ppid, comm, start) from /proc/PID/stat."""
-    from .apt import read_process
-
-    found = read_process(pid, proc)
-    if found is None:
-        return None
-    return found.ppid, found.comm, found.start
-
-
 def find_manager_process(
     pid: int | None = None, proc: Path = Path("/proc")
 ) -> ManagerProcess | None:
     """The nearest ancestor of pid (default: this process) that is an rpm front end."""
-    current = os.getpid() if pid is None else pid
-    seen = {current}
-    info = _process(current, proc)
-    while info is not None:
-        ppid = info[0]
-        if ppid <= 0 or ppid in seen:
-            return None
-        seen.add(ppid)
-        info = _process(ppid, proc)
-        if info is not None and info[1] in MANAGERS:
-            return ManagerProcess(pid=ppid, start=info[2])
-    return None
+    found = rpm_manager(os.getpid() if pid is None else pid, proc)
+    return None if found is None else ManagerProcess(pid=found.pid, start=found.start)
 
 
 def manager_transaction(manager: ManagerProcess, proc: Path = Path("/proc")) -> str:
     """The id every dkmshooks call of one package-manager run computes alike, in the shape of
     trigger.new_transaction_id()'s neighbours in the log (distinct first 8 chars, then a time)."""
-    from dkmshooks.apttxn import boot_time as _boot_time
-    from dkmshooks.apttxn import utc_stamp as _stamp
-
-    started = _boot_time(proc) + manager.start / os.sysconf("SC_CLK_TCK")
-    digest = hashlib.sha256(f"rpm-manager {manager.pid} {manager.start}".encode()).hexdigest()
-    return f"{digest[:8]}-{_stamp(started)}"
+    return rpm_transaction(manager.pid, manager.start, proc)
 
 
 def own_transaction(environ: Mapping[str, str], proc: Path = Path("/proc")) -> str:
@@ -284,10 +244,10 @@ def own_transaction(environ: Mapping[str, str], proc: Path = Path("/proc")) -> s
     forced = environ.get("DKMSHOOKS_TRANSACTION")
     if forced:
         return forced
-    info = _process(os.getpid(), proc)
-    if info is None:
+    me = read_process(os.getpid(), proc)
+    if me is None:
         return new_transaction_id()
-    return manager_transaction(ManagerProcess(pid=os.getpid(), start=info[2]), proc)
+    return manager_transaction(ManagerProcess(pid=me.pid, start=me.start), proc)
 
 
 def child_transaction(environ: Mapping[str, str], proc: Path = Path("/proc")) -> str:

@@ -120,16 +120,10 @@ def trigger_from_args(
 def current_transaction(layout: Layout, environ: Mapping[str, str]) -> str:
     """The id this call shares with the rest of its package-manager run: the dnf (or other rpm
     front end) process that runs the kernel's scriptlet, else apt's or dpkg's run (Debian's
-    zz-systemd-boot), else a fresh one."""
-    from . import apt, dnf
+    zz-systemd-boot), else a fresh one (apttxn.kernel_install_transaction)."""
+    from dkmshooks.apttxn import kernel_install_transaction
 
-    forced = environ.get(apt.TRANSACTION_VAR)
-    if forced:
-        return forced
-    manager = dnf.find_manager_process()
-    if manager is not None:
-        return dnf.manager_transaction(manager)
-    return apt.current_transaction(layout, environ)
+    return kernel_install_transaction(layout.state_dir, environ)
 
 
 def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:

@@ -314,3 +314,80 @@ def test_without_an_audit_hook_the_run_goes_on_unwatched(
     assert transaction(tree, "t-engine")  # the engine did its part
     assert not verdict_path(tree).exists()
     assert os.stat is verdict._stat  # nothing left wrapped
+
+
+# -- kernel-install's plugin call ---------------------------------------------------------------
+
+ENTRY = "/boot/efi/0123456789abcdef0123456789abcdef/" + K
+
+
+def kernel_install_env(root: Path, transaction: str, staging: str = "a") -> dict[str, str]:
+    env = environ(root, transaction, KERNEL_INSTALL_STAGING_AREA=f"/tmp/ki.staging.{staging}")
+    env.pop("DEB_MAINT_PARAMS")
+    env.update(KERNEL_INSTALL_LAYOUT="bls", KERNEL_INSTALL_MACHINE_ID="0123456789abcdef" * 2)
+    return env
+
+
+def engine_plugin(root: Path, env: dict[str, str], verb: str = "add") -> int:
+    from dkmshooks.adapters import kernel_install
+
+    args = [verb, K, ENTRY, IMAGE] if verb == "add" else [verb, K, ENTRY]
+    return kernel_install.main(args, env)
+
+
+def fast_plugin(env: dict[str, str], verb: str = "add") -> int | None:
+    args = [verb, K, ENTRY, IMAGE] if verb == "add" else [verb, K, ENTRY]
+    return fasthook.answer(["hook", "kernel-install", *args], env)
+
+
+def plugin_verdict(root: Path) -> Path:
+    return root / "var/lib/dkmshooks/verdicts" / f"kernel-install_{K}"
+
+
+@pytest.fixture
+def settled_plugin(tree: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(verdict, "RACY_NS", 0)
+    assert engine_plugin(tree, kernel_install_env(tree, "k-engine")) == 0
+    assert plugin_verdict(tree).is_file()
+    return tree
+
+
+def test_the_plugin_is_answered_as_the_engine_answered_it(settled_plugin: Path) -> None:
+    # another run of kernel-install: another staging area, which the engine never reads
+    env = kernel_install_env(settled_plugin, "k-fast", staging="b")
+    assert fast_plugin(env) == 0
+    assert transaction(settled_plugin, "k-fast") == transaction(settled_plugin, "k-engine")
+    kernels = transaction(settled_plugin, "k-fast")["kernels"]
+    assert isinstance(kernels, dict) and sorted(kernels) == [K, f"{K}#image-added"]
+
+
+def test_the_plugin_and_the_apt_hook_keep_their_own_verdicts(
+    settled: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the apt hook's verdict says nothing about the plugin's run (another adapter before it)
+    assert fast_plugin(kernel_install_env(settled, "k-fast")) is None
+    assert engine_plugin(settled, kernel_install_env(settled, "k-engine")) == 0
+    assert plugin_verdict(settled).is_file() and verdict_path(settled).is_file()
+    assert fast_plugin(kernel_install_env(settled, "k-fast-2")) == 0
+    assert fast_hook(environ(settled, "t-fast")) == 0
+
+
+@pytest.mark.parametrize("verb", ["remove", "inspect"])
+def test_other_plugin_calls_go_to_the_engine(settled_plugin: Path, verb: str) -> None:
+    assert fast_plugin(kernel_install_env(settled_plugin, "k-other"), verb) is None
+
+
+def test_a_change_sends_the_plugin_call_to_the_engine(settled_plugin: Path) -> None:
+    (settled_plugin / "etc/dkms").mkdir(exist_ok=True)
+    (settled_plugin / "etc/dkms/no-autoinstall").write_text("")
+    assert fast_plugin(kernel_install_env(settled_plugin, "k-2")) is None
+    env = kernel_install_env(settled_plugin, "k-2")
+    env["KERNEL_INSTALL_LAYOUT"] = "other"
+    (settled_plugin / "etc/dkms/no-autoinstall").unlink()
+    assert fast_plugin(env) is None  # the rest of kernel-install's environment counts
+
+
+def test_a_removed_kernel_leaves_no_verdict(settled: Path, settled_plugin: Path) -> None:
+    assert plugin_verdict(settled).is_file() and verdict_path(settled).is_file()
+    assert engine_plugin(settled, kernel_install_env(settled, "k-remove"), "remove") == 0
+    assert not plugin_verdict(settled).exists() and not verdict_path(settled).exists()
