@@ -200,6 +200,9 @@ class ConfCache:
         self._memo: dict[tuple[Callable[[str], Any], str], tuple[float, Any]] = {}
         # key()'s per-kernel part: (when, ctx, context tail, kernel file stamps, /etc/dkms, names)
         self._kernel_parts: dict[tuple[str, str, int], tuple[Any, ...]] = {}
+        # digest (from key() or shared_key()) → whether one of its stamps is too recent to keep
+        # what was computed under it (RACY_NS): put() and put_values() then keep nothing
+        self._racy: dict[str, bool] = {}
 
     def _path(self, module: str, version: str, kind: str = "") -> Path:
         tail = f"@{kind}" if kind else ""  # `@` never occurs in a quoted name
@@ -291,7 +294,8 @@ class ConfCache:
         _, _, tail, kernel, etc, present, _ = self._kernel_part(kver, arch, ctx)
         conf = os.fspath(conf_path)
         names = override_names(module, version, kver, arch)
-        return f"{conf}\0{tail}", self.digest(self._conf_stamps(conf, etc, present, names) + kernel)
+        stamps = self._conf_stamps(conf, etc, present, names) + kernel
+        return f"{conf}\0{tail}", self._digest(stamps)
 
     def shared_key(
         self,
@@ -310,7 +314,7 @@ class ConfCache:
         if any(name in present for name in names[2:]):  # own_override_names
             return None
         conf = os.fspath(conf_path)
-        return f"{conf}\0{shared}", self.digest(self._conf_stamps(conf, etc, present, names[:2]))
+        return f"{conf}\0{shared}", self._digest(self._conf_stamps(conf, etc, present, names[:2]))
 
     def _conf_stamps(
         self, conf: str, etc: str, present: frozenset[str], names: list[str]
@@ -325,6 +329,11 @@ class ConfCache:
     def digest(stamps: list[Stamp]) -> str:
         """What an entry stores of its stamps: one string parses much faster than 40 ints."""
         return repr(stamps)
+
+    def _digest(self, stamps: list[Stamp]) -> str:
+        digest = self.digest(stamps)
+        self._racy[digest] = racy(stamps)
+        return digest
 
     def same_content(self, module: str, version: str, a: str, b: str) -> bool:
         """fsutil.same_content, remembered while neither file changes (status compares every
@@ -416,7 +425,10 @@ class ConfCache:
     def put_values(
         self, module: str, version: str, key: str, digest: str, values: shellconf.ShellValues
     ) -> None:
-        """Only for values dkmsconf.kernel_independent() says are the same for every kernel."""
+        """Only for values dkmsconf.kernel_independent() says are the same for every kernel;
+        nothing for a digest shared_key() did not make or found too recent (RACY_NS)."""
+        if self._racy.get(digest, True):
+            return
         with self._lock:
             entries: dict[str, Any] = self._load(module, version, "values")["entries"]
             entries.pop(key, None)
@@ -436,6 +448,9 @@ class ConfCache:
             return None
 
     def put(self, module: str, version: str, key: str, digest: str, conf: DkmsConf) -> None:
+        """Nothing for a digest key() did not make or found too recent (RACY_NS)."""
+        if self._racy.get(digest, True):
+            return
         with self._lock:
             data = self._load(module, version)
             entries: dict[str, Any] = data["entries"]
@@ -452,6 +467,7 @@ class ConfCache:
             self._files.clear()
             self._memo.clear()
             self._kernel_parts.clear()
+            self._racy.clear()
 
     def flush(self) -> None:
         """Write what changed; quietly nothing where we may not write (a user's `dkms status`)."""

@@ -141,9 +141,13 @@ class Snapshot:
             or len(data) != 4
             or data[0] != self.header
             or not isinstance(data[1], dict)
+            or not (data[2] is None or (isinstance(data[2], tuple) and len(data[2]) == 2))
             or not isinstance(data[3], dict)
             or not all(
-                isinstance(rec, list) and len(rec) == 3 and isinstance(rec[2], dict)
+                isinstance(rec, list)
+                and len(rec) == 3
+                and isinstance(rec[1], list)
+                and isinstance(rec[2], dict)
                 for rec in data[3].values()
             )
         ):

@@ -20,6 +20,14 @@ K = "6.1.0-1-amd64"
 ARCH = "x86_64"
 
 
+@pytest.fixture(autouse=True)
+def no_racy_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trees here are made a moment before they are read, and the cache keeps nothing
+    computed from a file changed less than RACY_NS before (test_a_conf_changed_moments_ago_is_
+    not_kept); these tests change stamps explicitly instead (a new size, a later mtime)."""
+    monkeypatch.setattr(confcache, "RACY_NS", 0)
+
+
 @pytest.fixture
 def tree(root: Path) -> Path:
     """m/1.0 registered, with a dkms.conf that appends a line to `evaluations` when sourced."""
@@ -68,14 +76,32 @@ def test_second_question_is_answered_from_the_cache(tree: Path, make_session: Ma
     assert len(files) == 1 and files[0].suffix == ".json"  # no temporary file left behind
 
 
-def _touch_later(path: Path) -> None:
+def test_a_conf_changed_moments_ago_is_not_kept(
+    tree: Path, make_session: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a second change within one tick of the file system's clock could leave the stamps as
+    # they were: nothing computed from a file that recent is kept
+    monkeypatch.setattr(confcache, "RACY_NS", 2_000_000_000)
+    query(make_session, tree)
+    query(make_session, tree)
+    assert evaluations(tree) == 2
+    assert not (tree / "var/lib/dkmshooks/confcache").exists()
+    monkeypatch.setattr(confcache, "RACY_NS", 50_000_000)
+    time.sleep(0.06)
+    query(make_session, tree)
+    query(make_session, tree)
+    assert evaluations(tree) == 3
+
+
+def _retime(path: Path) -> None:
+    """Another mtime, a second before the one it had (one in the future is never trusted)."""
     st = path.stat()
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - 1_000_000_000))
 
 
 CHANGES: dict[str, Callable[[Path], None]] = {
     "dkms.conf edited": lambda r: _append(r / "usr/src/m-1.0/dkms.conf", "# edit\n"),
-    "dkms.conf same size, new mtime": lambda r: _touch_later(r / "usr/src/m-1.0/dkms.conf"),
+    "dkms.conf same size, new mtime": lambda r: _retime(r / "usr/src/m-1.0/dkms.conf"),
     "dkms.conf replaced": lambda r: os.replace(
         _copy(r / "usr/src/m-1.0/dkms.conf"), r / "usr/src/m-1.0/dkms.conf"
     ),
@@ -197,11 +223,11 @@ def test_same_content_verdict_follows_both_files(tree: Path) -> None:
     assert cache.same_content("m", "1.0", str(a), str(b))
     cache.reload()
     b.write_bytes(b"\x7fELF two")  # same size
-    _touch_later(b)
+    _retime(b)
     assert not cache.same_content("m", "1.0", str(a), str(b))
     cache.reload()
     a.write_bytes(b"\x7fELF two")
-    _touch_later(a)
+    _retime(a)
     assert cache.same_content("m", "1.0", str(a), str(b))
     b.unlink()
     assert not cache.same_content("m", "1.0", str(a), str(b))
@@ -267,7 +293,7 @@ def test_status_extras_are_remembered_until_a_file_they_read_changes(
 
     # the installed copy overwritten in place, same size: the remembered answer is not used
     installed.write_bytes(b"\x7fELF other")
-    _touch_later(installed)
+    _retime(installed)
     differs = f"m/1.0, {K}, {ARCH}: installed (Differences between built and installed modules)\n"
     assert status_line(make_session) == differs
     assert status_line(make_session) == differs

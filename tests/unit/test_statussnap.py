@@ -91,7 +91,8 @@ def world(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     build(root, "beta", "1.0", K1, mod="beta_extra")
     install(root, "beta", "1.0", K1)
     dest = root / f"lib/modules/{K1}/updates/dkms/beta_extra.ko"
-    dest.write_bytes((root / f"var/lib/dkms/beta/1.0/{K1}/{ARCH}/module/beta_extra.ko").read_bytes())
+    built = root / f"var/lib/dkms/beta/1.0/{K1}/{ARCH}/module/beta_extra.ko"
+    dest.write_bytes(built.read_bytes())
     register(root, "delta", "0.9", extra='BUILD_EXCLUSIVE_CONFIG="CONFIG_DELTA"\n')
     (root / f"var/lib/dkms/delta/0.9/{K1}/{ARCH}/module").mkdir(parents=True)
     (root / "var/lib/dkms/epsilon/1").mkdir(parents=True)
@@ -243,6 +244,15 @@ def _swap_for_link(path: Path) -> None:
     path.symlink_to(real.name)
 
 
+def _replace_link(link: Path, target: str) -> None:
+    """`link` made to point at `target`, or a directory in its place ("")."""
+    link.unlink()
+    if target:
+        link.symlink_to(target)
+    else:
+        link.mkdir()
+
+
 def _lib(r: Path, kver: str, name: str) -> Path:
     return r / f"lib/modules/{kver}/updates/dkms/{name}"
 
@@ -257,9 +267,7 @@ CHANGES: dict[str, Callable[[Path], None]] = {
     "installed module compressed": lambda r: _lib(r, K1, "alpha.ko").rename(
         _lib(r, K1, "alpha.ko.xz")
     ),
-    "second installed module rewritten": lambda r: _rewrite_same_size(
-        _lib(r, K1, "beta_extra.ko")
-    ),
+    "second installed module rewritten": lambda r: _rewrite_same_size(_lib(r, K1, "beta_extra.ko")),
     "built module rewritten in place": lambda r: _rewrite_same_size(
         _tree(r, f"alpha/1.0/{K3}/{ARCH}/module/alpha.ko")
     ),
@@ -272,11 +280,9 @@ CHANGES: dict[str, Callable[[Path], None]] = {
     "kernel dir swapped for a symlink": lambda r: _swap_for_link(_tree(r, f"alpha/1.0/{K2}")),
     "kernel link removed": lambda r: _tree(r, f"alpha/kernel-{K1}-{ARCH}").unlink(),
     "kernel link added": lambda r: install(r, "alpha", "1.0", K3),
-    "kernel link made indirect": lambda r: (
-        _tree(r, f"alpha/kernel-{K2}-{ARCH}").unlink(),
-        _tree(r, f"alpha/kernel-{K2}-{ARCH}").symlink_to(f"./1.0/{K2}/{ARCH}"),
-    )
-    and None,
+    "kernel link made indirect": lambda r: _replace_link(
+        _tree(r, f"alpha/kernel-{K2}-{ARCH}"), f"./1.0/{K2}/{ARCH}"
+    ),
     "source moved away": lambda r: (r / "usr/src/beta-1.0").rename(r / "usr/src/beta-1.0.old"),
     "an added one's source moved away": lambda r: (r / "usr/src/alpha-2.0").rename(
         r / "usr/src/alpha-2.0.old"
@@ -285,11 +291,7 @@ CHANGES: dict[str, Callable[[Path], None]] = {
     "an excluded build's module dir removed": lambda r: shutil.rmtree(
         _tree(r, f"delta/0.9/{K1}/{ARCH}/module")
     ),
-    "source link replaced by a dir": lambda r: (
-        _tree(r, "alpha/2.0/source").unlink(),
-        _tree(r, "alpha/2.0/source").mkdir(),
-    )
-    and None,
+    "source link replaced by a dir": lambda r: _replace_link(_tree(r, "alpha/2.0/source"), ""),
     "broken one repaired": lambda r: (r / "usr/src/gamma-3").mkdir(),
     "a version registered": lambda r: register(r, "beta", "2.0"),
     "a version built": lambda r: build(r, "alpha", "2.0", K1) and None,
@@ -342,9 +344,7 @@ def test_only_what_changed_is_worked_out_again(world: Path, run: Run) -> None:
     assert f"beta/1.0, {K1}, {ARCH}: installed (Differences" in text
 
 
-def test_a_link_resolved_through_other_dirs_is_looked_at_each_time(
-    world: Path, run: Run
-) -> None:
+def test_a_link_resolved_through_other_dirs_is_looked_at_each_time(world: Path, run: Run) -> None:
     """kernel-K-A pointing elsewhere than dkms writes: what it resolves to can change without
     any change in the module's dir, so that module/version is never kept."""
     via = world / "via"
