@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -41,6 +40,8 @@ class Builder(SessionBase):
 
     def add_source_tree(self, path: Path, kver: str, arch: str) -> tuple[str, str]:
         """Copy a directory holding a dkms.conf to /usr/src/m-v (dkms's add_source_tree)."""
+        import shutil  # not at start-up (with bz2 and lzma): only builds copy
+
         src = Path(os.path.realpath(path))
         if not (src / "dkms.conf").is_file():
             raise NoConfInPathError(f"{path} must contain a dkms.conf file!")
@@ -112,6 +113,8 @@ class Builder(SessionBase):
         self.signing = prepare_signing(self, kver)
 
     def do_build(self, module: str, version: str, kver: str, arch: str) -> None:
+        import shutil  # not at start-up (with bz2 and lzma): only builds copy
+
         if not kver or not arch:
             raise EmptyKernelError("do_build: Empty $kernelver or $arch")
         if not self.tree.is_added(module, version):
@@ -410,6 +413,8 @@ class Builder(SessionBase):
 
     def compiler_env(self, facts: KernelFacts) -> dict[str, str]:
         """CC from CONFIG_CC_VERSION_TEXT (dkms exports it so the module's compiler matches)."""
+        import shutil  # not at start-up (with bz2 and lzma): only builds copy
+
         env: dict[str, str] = {}
         text = facts.config_value("CONFIG_CC_VERSION_TEXT")
         if text:
@@ -447,6 +452,8 @@ class Builder(SessionBase):
         return missing
 
     def report_build_problem(self, module: str, version: str, kver: str, error: DkmsError) -> None:
+        import shutil  # not at start-up (with bz2 and lzma): only builds copy
+
         apport = self.layout.under("/usr/share/apport/apport")
         if os.access(apport, os.X_OK) and shutil.which("python3"):
             run.run(

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import fnmatch
 import os
-import random
 import re
-import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,7 +252,9 @@ class SessionBase:
         return self.options.verbose or self.settings.verbose
 
     def _ticker(self, package_name: str) -> object:
-        if self.verbose or fnmatch.fnmatchcase(package_name, "dkms*_test"):
+        from fnmatch import fnmatchcase
+
+        if self.verbose or fnmatchcase(package_name, "dkms*_test"):
             return None
         return lambda: self.console.write(".")
 
@@ -487,6 +486,9 @@ def check_name(module: str, version: str) -> None:
 
 
 def _mkdtemp6(parent: Path, prefix: str) -> Path:
+    import random  # not at start-up: most commands make no temporary dir
+    import string
+
     alphabet = string.ascii_letters + string.digits
     for _ in range(100):
         name = prefix + "".join(random.choice(alphabet) for _ in range(6))
