@@ -59,11 +59,7 @@ ABSENT = bytes(STAMP_SIZE)
 def packed(path: str) -> bytes:
     """fsutil.stamp(path), in the form a snapshot keeps (ABSENT for a path that is not there):
     bytes load much faster than four large ints."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return ABSENT
-    return _PACK(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return _packed(stamp(path))
 
 
 def _packed(old: Stamp) -> bytes:
@@ -171,25 +167,27 @@ class Snapshot:
             names = [module]
         else:
             now = stamp(root)
+            seen = _packed(now)
             old = self.old_tree
-            if old is not None and old[0] == _packed(now):
+            if old is not None and old[0] == seen:
                 names = old[1]
             else:
                 names = tree.module_names()
                 self.changed = True
-            self.tree = (None if confcache.racy([now], self.started) else _packed(now), names)
+            self.tree = (None if confcache.racy([now], self.started) else seen, names)
         for m in names:
             mdir = os.path.join(root, m)
             now = stamp(mdir)
+            seen = _packed(now)
             rec = self.old_modules.get(m)
-            if rec is not None and rec[0] == _packed(now):
+            if rec is not None and rec[0] == seen:
                 versions = rec[1]
                 old_sections = rec[2]
             else:
                 versions = tree.version_names(m, version)
                 old_sections = {}
                 self.changed = True
-            kept = None if confcache.racy([now], self.started) else _packed(now)
+            kept = None if confcache.racy([now], self.started) else seen
             self.modules[m] = [kept, versions, {}, old_sections]
             yield m, versions
 

@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from dkmshooks.apttxn import RPM_MANAGERS, read_process, rpm_manager, rpm_transaction
+from dkmshooks.apttxn import read_process, rpm_manager, rpm_transaction
 from dkmshooks.console import note
 from dkmshooks.trigger import KERNEL_EVENTS, KernelEvent, Trigger, new_transaction_id
 
@@ -80,10 +80,6 @@ derived on the host to the dkmshooks of an installroot. EVENT is one of:
 
 IMAGE_PROVIDE = "kernel-uname-r"
 HEADERS_PROVIDE = "kernel-devel-uname-r"
-
-#: The rpm front ends (apttxn.RPM_MANAGERS): the first ancestor with one of these names is "the
-#: package manager" of a kernel-install call.
-MANAGERS = RPM_MANAGERS
 
 _HEADERS_PATH = re.compile(r"^/usr/src/kernels/([^/]+)(?:/|$)")
 _IMAGE_PATH = re.compile(r"^(?:/usr)?/lib/modules/([^/]+)/vmlinuz$")
