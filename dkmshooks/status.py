@@ -8,15 +8,18 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import confcache, fsutil, statussnap
+from . import confcache, fsutil
 from .console import Console
 from .dkmsconf import DkmsConf
 from .errors import BadConfError, DkmsError
 from .install import Installer
 from .kernel import compressed_or_uncompressed
 from .tree import DOUBT, Deps, StatusEntry
+
+if TYPE_CHECKING:
+    from .statussnap import Snapshot
 
 STATUS_SCHEMA = 1
 
@@ -261,7 +264,7 @@ class Session(Installer):
 
     def _show_status(
         self,
-        snap: statussnap.Snapshot,
+        snap: Snapshot,
         module: str,
         version: str,
         targets: list[tuple[str, str]],
@@ -293,9 +296,11 @@ class Session(Installer):
 
     def _status_snapshot(
         self, module: str, version: str, targets: list[tuple[str, str]], as_json: bool
-    ) -> statussnap.Snapshot:
+    ) -> Snapshot:
         cache = confcache.for_layout(self.layout)
         query = (self.settings, self.options, module, version, targets, as_json)
+        from . import statussnap  # only `status` needs it, not every command Session serves
+
         return statussnap.Snapshot(
             cache.directory / "status",
             repr(query),
